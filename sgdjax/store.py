@@ -196,6 +196,11 @@ class Store:
         count: their data live under ``<name>.partial`` until finalized)."""
         return all(self.path(n).is_file() for n in names)
 
+    def remove(self, *names: str) -> None:
+        """Delete files if present (scratch files such as resume checkpoints)."""
+        for n in names:
+            self.path(n).unlink(missing_ok=True)
+
     # -- JSON ----------------------------------------------------------------------------
 
     def save_json(self, name: str, obj: Any, *, indent: int | None = None) -> Path:

@@ -1,0 +1,4 @@
+from sgdjax.run import main
+import sys
+
+sys.exit(main())

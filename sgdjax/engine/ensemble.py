@@ -1,0 +1,107 @@
+"""Ensembles and sweeps: ``vmap`` of one trajectory over run keys and learning rates, in chunks.
+
+A chunk is one compiled call over ``chunk`` (key, lr) pairs; its outputs are handed to a callback
+(which writes them into pre-allocated ``.npy`` files), so an ensemble larger than memory streams to
+disk and a restarted stage resumes at the first unfinished chunk. Every run's key is derived from
+the setup seed with ``fold_in`` (stage, lr index, run index), so a result depends only on the
+config, never on chunking or call order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdjax.engine.trajectory import Data, Trajectory
+
+STAGE_STREAMS = {"sgd": 1, "gd": 2, "hessians": 3, "many_runs": 4, "gd_many_runs": 5}
+
+
+def run_keys(
+    seed: int, stage: str | int, n_runs: int, lr_index: int | None = None, first: int = 0
+) -> jax.Array:
+    """Keys of runs ``first .. first+n_runs-1`` of a stage.
+
+    ``lr_index=None`` gives common random numbers across learning rates (run r sees the same
+    batches at every lr, as the original's reshuffle mode); an integer gives every lr its own
+    streams."""
+    stage_id = STAGE_STREAMS[stage] if isinstance(stage, str) else int(stage)
+    base = jax.random.fold_in(jax.random.key(seed), stage_id)
+    if lr_index is not None:
+        base = jax.random.fold_in(base, 1000 + lr_index)
+    runs = jnp.arange(first, first + n_runs, dtype=jnp.uint32)
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(runs)
+
+
+def vmapped(run: Callable[..., Trajectory]) -> Callable[..., Trajectory]:
+    """``run`` vmapped over (key, lr) with shared start parameters, state and data, jitted."""
+    return jax.jit(jax.vmap(run, in_axes=(None, None, 0, 0, None)))
+
+
+def output_bytes_per_run(run: Callable[..., Trajectory], w0: Any, state0: Any, key: jax.Array,
+                         lr: jax.Array, data: Data) -> int:
+    """Bytes of one run's outputs, from the traced shapes (no computation)."""
+    out = jax.eval_shape(run, w0, state0, key, lr, data)
+    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(out)))
+
+
+def chunk_size(n_runs: int, bytes_per_run: int, budget_bytes: float, max_chunk: int | None = None
+               ) -> int:
+    """Largest chunk whose outputs (held twice: on the device and on the host) fit the budget."""
+    fit = max(1, int(budget_bytes // max(1, 2 * bytes_per_run)))
+    size = min(n_runs, fit)
+    if max_chunk:
+        size = min(size, max_chunk)
+    return max(1, size)
+
+
+def run_chunks(
+    fn: Callable[..., Trajectory],
+    w0: Any,
+    state0: Any,
+    keys: jax.Array,
+    lrs: jax.Array,
+    data: Data,
+    size: int,
+    chunks: Iterable[int],
+    on_chunk: Callable[[int, slice, Trajectory], None],
+    progress: Callable[[int, float], None] | None = None,
+) -> None:
+    """Run the given chunk indices of an ensemble with the vmapped ``fn``.
+
+    Every chunk has the same static size (the last one is padded by repeating its final run and
+    the padding is dropped), so the whole ensemble compiles once. ``on_chunk(chunk, rows, traj)``
+    receives numpy outputs with exactly ``rows`` runs. ``progress(n_runs_done, seconds)`` is called
+    after each chunk."""
+    n = keys.shape[0]
+    for c in chunks:
+        rows = slice(c * size, min(n, (c + 1) * size))
+        count = rows.stop - rows.start
+        pad = size - count
+        k, lr = keys[rows], lrs[rows]
+        if pad:
+            k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
+            lr = jnp.concatenate([lr, jnp.repeat(lr[-1:], pad, axis=0)])
+        t0 = time.perf_counter()
+        out = fn(w0, state0, k, lr, data)
+        out = jax.tree.map(lambda a: np.asarray(a)[:count], out)
+        on_chunk(c, rows, out)
+        if progress is not None:
+            progress(count, time.perf_counter() - t0)
+
+
+def diverged_summary(diverged_at: np.ndarray) -> dict[str, Any]:
+    """JSON-ready description of diverged runs: indices and the step where each diverged."""
+    diverged_at = np.asarray(diverged_at)
+    runs = np.flatnonzero(diverged_at >= 0)
+    return {
+        "n_diverged": int(runs.size),
+        "diverged_runs": [int(r) for r in runs],
+        "diverged_at_step": [int(diverged_at[r]) for r in runs],
+    }

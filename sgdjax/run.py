@@ -1,0 +1,203 @@
+"""Command line: ``python -m sgdjax.run EXP SETUP [--stages ..] [--set key=value ..] [--out DIR]``.
+
+Runs a whole study setup end to end (or a part of it), writing results under
+``results/EXP/SETUP/``. Every user error is one message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sgdjax.config import SetupConfig, list_experiments, load_setup, parse_overrides
+from sgdjax.errors import ConfigError, DeviceError, SgdjaxError
+
+#: Config keys that do not change any result (they may differ between a run and its resume).
+EXECUTION_KEYS = ("description", "device", "memory_budget_gb", "steps_per_call")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise ConfigError(f"{message}. See 'python -m sgdjax.run --help'.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m sgdjax.run",
+        description="Run an sgdjax study setup end to end (or some of its stages).",
+        epilog="Examples:\n  python -m sgdjax.run exp1 setup1\n"
+               "  python -m sgdjax.run exp2 setup1 --stages 3,4 --set many_runs_samples=10\n"
+               "  python -m sgdjax.run exp1 setup1 --set train_split='test[:6400]' "
+               "--set val_split='test[6400:]'   (offline)\n  python -m sgdjax.run --list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", nargs="?", help="experiment family, e.g. exp1")
+    p.add_argument("setup", nargs="?", help="setup name, e.g. setup1 (or just 1)")
+    p.add_argument("--list", action="store_true", help="list experiments and setups")
+    p.add_argument("--stages", help="stages to run, e.g. 3,4 or 2-5 or hessians (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set many_runs_samples=10")
+    p.add_argument("--out", type=Path, help="results directory (default results/EXP/SETUP)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="where to compute (overrides config)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the stage plan, run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="recompute stages even if their outputs exist")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def print_list() -> None:
+    for exp, setups in list_experiments().items():
+        print(exp)
+        width = max(len(s) for s in setups)
+        for name, desc in setups.items():
+            print(f"  {name:<{width}}  {desc}")
+
+
+def format_config(cfg: SetupConfig) -> str:
+    lines = []
+    for key, value in cfg.to_dict().items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines)
+
+
+def select_device(name: str) -> Any:
+    """The first JAX device of the requested platform, or a DeviceError saying what to do."""
+    import jax
+
+    try:
+        devices = jax.devices(name)
+    except RuntimeError:
+        devices = []
+    if not devices:
+        hint = (" Install a CUDA build of JAX (pip install -U 'jax[cuda12]') on a machine with an "
+                "NVIDIA GPU, or run with --device cpu.") if name == "gpu" else ""
+        raise DeviceError(f"no '{name}' device is visible to JAX "
+                          f"(available: {', '.join(sorted({d.platform for d in jax.devices()}))})."
+                          + hint)
+    return devices[0]
+
+
+def check_consistent(store: Any, cfg: SetupConfig, force: bool) -> None:
+    """Refuse to mix results of different configs in one directory."""
+    old = store.manifest().get("config")
+    if not old or force:
+        return
+    new = cfg.to_dict()
+    changed = sorted(k for k in new if k not in EXECUTION_KEYS and old.get(k) != new[k])
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:6])
+        raise ConfigError(
+            f"{store.root} holds results of a different config ({details}). Use --out DIR for a "
+            "new results directory, or --force to recompute the stages you run."
+        )
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for stage, info in results.items():
+        wall = info.get("wall_s")
+        numbers = []
+        for key, value in info.items():
+            if key in ("wall_s", "skipped", "finished") or isinstance(value, dict | list):
+                continue
+            if isinstance(value, float):
+                numbers.append(f"{key}={value:.4g}")
+            elif value is not None:
+                numbers.append(f"{key}={value}")
+        for key, value in info.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in value.items() if v is not None
+                                  and not isinstance(v, dict | list))
+                numbers.append(f"[{key}] {inner}")
+        status = "skipped" if info.get("skipped") else ""
+        rows.append((stage, f"{wall:.1f}" if isinstance(wall, float) else status,
+                     "; ".join(numbers)))
+    return rows
+
+
+def print_summary(cfg: SetupConfig, results: dict[str, Any], total: float, out: Path) -> None:
+    print(f"\nsummary of {cfg.experiment}/{cfg.setup} ({out})")
+    rows = summary_rows(results)
+    width = max([len(r[0]) for r in rows] + [5])
+    print(f"  {'stage':<{width}}  {'wall s':>8}  numbers")
+    for stage, wall, numbers in rows:
+        print(f"  {stage:<{width}}  {wall:>8}  {numbers}")
+    print(f"  {'total':<{width}}  {total:>8.1f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except SgdjaxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished chunks are saved; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print_list()
+        return 0
+    if not args.experiment or not args.setup:
+        raise ConfigError("give an experiment and a setup, e.g. 'python -m sgdjax.run exp1 "
+                          "setup1', or --list to see them")
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["device"] = args.device
+    cfg = load_setup(args.experiment, args.setup, overrides)
+    from sgdjax.stages import parse_stages
+
+    stages = parse_stages(args.stages)
+    out = args.out or Path("results") / cfg.experiment / cfg.setup
+
+    # x64 must be decided before any JAX array exists.
+    import jax
+
+    jax.config.update("jax_enable_x64", cfg.x64)
+    device = select_device(cfg.device)
+
+    if args.dry_run:
+        print(f"# {cfg.experiment}/{cfg.setup}: {cfg.description}")
+        print(format_config(cfg))
+        print(f"\n# results: {out}\n# device: {device}\n# stages:")
+        for s in stages:
+            print(f"  {s.number} {s.name:<17} {s.title}")
+        return 0
+
+    from sgdjax.stages import run_stages
+    from sgdjax.stages.common import Context
+    from sgdjax.store import Store, git_commit, now_iso, package_versions
+
+    store = Store(out)
+    check_consistent(store, cfg, args.force)
+    store.update_manifest(
+        config=cfg.to_dict(), versions=package_versions(), device=str(device),
+        platform=device.platform, git_commit=git_commit(Path(__file__).parent), started=now_iso(),
+        command=" ".join(["python -m sgdjax.run", *(argv if argv is not None else sys.argv[1:])]),
+    )
+    ctx = Context(cfg, store, force=args.force, show_progress=not args.no_progress, device=device)
+    t0 = time.perf_counter()
+    with jax.default_device(device):
+        results = run_stages(ctx, stages)
+    total = time.perf_counter() - t0
+    store.update_manifest(finished=now_iso(), wall_s_last_invocation=total)
+    store.save_json("summary.json", results)
+    print_summary(cfg, results, total, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Stage 2: full-batch GD polishing from the stage-1 endpoint (spec §4 stage 2).
+
+``epochs_gd`` GD steps at ``lr`` (one "epoch" = one full-batch step), logging the pre-update
+full-batch loss, the global gradient norm, and validation loss/accuracy. The original measures
+validation *after* the step (``log_point="original"``); ``log_point="pre_update"`` logs it at the
+same point as the train loss and keeps the post-update values under ``val_losses_post_update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdjax import plots
+from sgdjax.engine.ensemble import run_keys
+from sgdjax.engine.trajectory import Data, Recorder, evaluate, make_trajectory
+from sgdjax.stages.common import DTYPES, Context
+from sgdjax.stages.train_sgd import CHECKPOINT as SGD_CHECKPOINT
+from sgdjax.stages.train_sgd import diverged_error
+
+CHECKPOINT = "initial_after_sgd_and_gd.npz"
+LOGS = "logs_gd.json"
+
+
+def outputs(ctx: Context) -> list[str]:
+    return [CHECKPOINT, LOGS, "grad_norms_gd.npy", "loss_acc_gd.png", "grad_norm_loglog_gd.png"]
+
+
+def gd_logs(ctx: Context, traj_records: dict[str, np.ndarray], w0: jax.Array, state0: Any,
+            data: Data) -> dict[str, list[float]]:
+    """Per-step GD logs with the setup's log point (shared by stages 2 and 5)."""
+    logs = {
+        "train_losses": traj_records["loss"].tolist(),
+        "val_losses": traj_records["val_loss"].tolist(),
+        "val_accs": traj_records["val_acc"].tolist(),
+    }
+    if "grad_norm" in traj_records:
+        logs["grad_norms"] = traj_records["grad_norm"].tolist()
+    if ctx.cfg.log_point == "pre_update" and logs["val_losses"]:
+        _, eval_loss = ctx.loss_fns()
+        vl, va = jax.jit(evaluate, static_argnums=(0, 5))(
+            eval_loss, w0, state0, data.val_x, data.val_y, 1024)
+        logs["val_losses_post_update"] = logs["val_losses"]
+        logs["val_accs_post_update"] = logs["val_accs"]
+        logs["val_losses"] = [float(vl)] + logs["val_losses"][:-1]
+        logs["val_accs"] = [float(va)] + logs["val_accs"][:-1]
+    return logs
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg, store = ctx.cfg, ctx.store
+    w0, state0 = ctx.load_checkpoint(SGD_CHECKPOINT)
+    train_loss, eval_loss = ctx.loss_fns()
+    data = ctx.data()
+    steps = cfg.epochs_gd
+    fn = jax.jit(make_trajectory(
+        train_loss, ctx.sampler("full"), steps, Recorder(grad_norm=True, val_every=1),
+        eval_loss=eval_loss,
+    ))
+    key = run_keys(cfg.seed, "gd", 1)[0]
+    with ctx.progress("stage 2 GD", steps, unit="steps") as bar:
+        traj = fn(w0, state0, key, jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype]), data)
+        rec = jax.tree.map(np.asarray, traj.records)
+        bar.update(steps)
+    logs = gd_logs(ctx, rec, w0, state0, data)
+    diverged_at = int(traj.diverged_at)
+    if diverged_at >= 0:
+        store.save_json(LOGS, dict(logs, diverged_at_step=diverged_at))
+        raise diverged_error("stage 2 (GD)", diverged_at, cfg.lr, "lr")
+
+    ctx.save_checkpoint(CHECKPOINT, traj.params, traj.state)
+    store.save_json(LOGS, logs)
+    store.save_npy("grad_norms_gd.npy", np.asarray(logs["grad_norms"], np.float64))
+    store.save_figure("loss_acc_gd.png", plots.loss_acc_gd(logs))
+    store.save_figure("grad_norm_loglog_gd.png",
+                      plots.grad_norm_loglog(np.asarray(logs["grad_norms"]), "GD gradient norm"))
+    return {
+        "steps": steps,
+        "throughput_steps_per_s": bar.rate,
+        "final_train_loss": logs["train_losses"][-1] if steps else None,
+        "final_grad_norm": logs["grad_norms"][-1] if steps else None,
+        "final_val_acc": logs["val_accs"][-1] if steps else None,
+    }

@@ -1,0 +1,106 @@
+"""Stage 1: long SGD training from a random initialisation (spec §4 stage 1).
+
+``epochs_sgd`` genuine epochs of minibatch SGD at ``lr``; per epoch the mean of the pre-update
+minibatch losses and the validation loss/accuracy at the end of the epoch. The run is split into
+compiled calls of about ``steps_per_call`` steps; after each call the parameters and logs so far
+are saved, so an interrupted stage 1 resumes where it stopped with the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdjax import plots
+from sgdjax.engine.ensemble import run_keys
+from sgdjax.engine.trajectory import Recorder, make_trajectory
+from sgdjax.errors import SgdjaxError
+from sgdjax.stages.common import DTYPES, Context
+
+CHECKPOINT = "initial_after_sgd.npz"
+LOGS = "logs_sgd.json"
+RESUME = "initial_after_sgd.resume.npz"
+
+
+def outputs(ctx: Context) -> list[str]:
+    return [CHECKPOINT, LOGS, "loss_acc_sgd.png"]
+
+
+def init_params(ctx: Context) -> tuple[jax.Array, Any]:
+    """The setup's initial parameters: a pure function of the seed."""
+    key = jax.random.fold_in(jax.random.key(ctx.cfg.seed), 0)
+    params, state = ctx.model.init(key, DTYPES[ctx.cfg.compute_dtype])
+    return ctx.model.flatten(params), state
+
+
+def diverged_error(stage: str, step: int, lr: float, key: str) -> SgdjaxError:
+    return SgdjaxError(
+        f"{stage} diverged at step {step} (the loss or the parameters became NaN/inf) with "
+        f"lr={lr}. Its logs up to that step are saved; lower the learning rate "
+        f"(--set {key}=...) and run again with --force."
+    )
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg, store = ctx.cfg, ctx.store
+    spe = ctx.steps_per_epoch
+    total_epochs = cfg.epochs_sgd
+    seg_epochs = max(1, cfg.steps_per_call // spe)
+    train_loss, eval_loss = ctx.loss_fns()
+    sampler = ctx.stage_sampler(cfg.stage1_sampler)
+    data = ctx.data()
+    key = run_keys(cfg.seed, "sgd", 1)[0]
+    lr = jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype])
+
+    logs: dict[str, list[float]] = {"train_losses": [], "val_losses": [], "val_accs": []}
+    if store.exists(RESUME) and not ctx.force:
+        saved = store.load_npz(RESUME)
+        for k in logs:
+            logs[k] = saved.pop(f"log.{k}").tolist()
+        w, state = ctx.load_checkpoint(RESUME)
+    else:
+        w, state = init_params(ctx)
+    done = len(logs["train_losses"])
+
+    fns: dict[int, Any] = {}
+    bar = ctx.progress("stage 1 SGD", (total_epochs - done) * spe, unit="steps")
+    with bar:
+        while done < total_epochs:
+            n_epochs = min(seg_epochs, total_epochs - done)
+            if n_epochs not in fns:
+                fns[n_epochs] = jax.jit(make_trajectory(
+                    train_loss, sampler, n_epochs * spe, Recorder(val_every=spe),
+                    eval_loss=eval_loss,
+                ))
+            traj = fns[n_epochs](w, state, key, lr, data, done * spe)
+            rec = jax.tree.map(np.asarray, traj.records)
+            logs["train_losses"] += rec["loss"].reshape(n_epochs, spe).mean(axis=1).tolist()
+            logs["val_losses"] += rec["val_loss"].tolist()
+            logs["val_accs"] += rec["val_acc"].tolist()
+            w, state = traj.params, traj.state
+            done += n_epochs
+            bar.update(n_epochs * spe)
+            bar.set_postfix(loss=f"{logs['train_losses'][-1]:.4g}",
+                            val_acc=f"{logs['val_accs'][-1]:.4f}")
+            diverged_at = int(traj.diverged_at)
+            if diverged_at >= 0:
+                store.save_json(LOGS, dict(logs, diverged_at_step=diverged_at))
+                raise diverged_error("stage 1 (SGD)", diverged_at, cfg.lr, "lr")
+            if done < total_epochs:
+                ctx.save_checkpoint(RESUME, w, state, extra={
+                    f"log.{k}": np.asarray(v) for k, v in logs.items()})
+
+    ctx.save_checkpoint(CHECKPOINT, w, state)
+    store.save_json(LOGS, logs)
+    store.save_figure("loss_acc_sgd.png", plots.loss_acc_sgd(logs))
+    store.remove(RESUME)
+    return {
+        "steps": total_epochs * spe,
+        "throughput_steps_per_s": bar.rate,
+        "final_train_loss": logs["train_losses"][-1] if logs["train_losses"] else None,
+        "final_val_loss": logs["val_losses"][-1] if logs["val_losses"] else None,
+        "final_val_acc": logs["val_accs"][-1] if logs["val_accs"] else None,
+    }

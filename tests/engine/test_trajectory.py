@@ -1,0 +1,182 @@
+"""The scan engine against plain Python loops, single runs, dense and finite-difference results."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgdjax.data.sampling import make_sampler
+from sgdjax.engine.ensemble import run_keys, vmapped
+from sgdjax.engine.trajectory import Data, Recorder, evaluate, make_trajectory
+from sgdjax.models import build_model
+from sgdjax.models.objective import make_loss_fn
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A tiny MLP problem: 128 random 'images', 64 validation images, batch 16."""
+    model = build_model("mlp")
+    rng = np.random.default_rng(0)
+    x = rng.random((192, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 192).astype(np.int32)
+    feats = model.featurize(jnp.asarray(x))
+    data = Data(feats[:128], jnp.asarray(y[:128]), feats[128:], jnp.asarray(y[128:]))
+    params, state = model.init(jax.random.key(1), jnp.float32)
+    w0 = model.flatten(params)
+    return model, data, w0, state
+
+
+def python_sgd(model, data, w0, state, sampler, key, lr, steps):
+    """The reference: a Python loop over steps with jax.grad, no scan."""
+    loss_fn = make_loss_fn(model, train=True)
+    grad = jax.jit(jax.value_and_grad(lambda w, x, y: loss_fn(w, state, x, y)[0]))
+    w, losses, ws = w0, [], []
+    for t in range(steps):
+        idx = sampler.batch(key, t)
+        loss, g = grad(w, data.train_x[idx], data.train_y[idx])
+        losses.append(float(loss))
+        ws.append(np.asarray(w))
+        w = w - lr * g
+    return np.asarray(ws), np.asarray(losses), np.asarray(w)
+
+
+@pytest.mark.parametrize("kind", ["default", "replacement"])
+def test_scan_equals_python_loop(problem, kind):
+    model, data, w0, state = problem
+    sampler = make_sampler(kind, 128, 16)
+    key = jax.random.key(3)
+    run = jax.jit(make_trajectory(make_loss_fn(model, train=True), sampler, 25,
+                                  Recorder(params_every=1)))
+    out = run(w0, state, key, jnp.float32(0.1), data)
+    ws, losses, w_end = python_sgd(model, data, w0, state, sampler, key, 0.1, 25)
+    np.testing.assert_allclose(np.asarray(out.records["loss"]), losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.records["params"]), ws, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.params), w_end, rtol=1e-5, atol=1e-6)
+    assert int(out.diverged_at) == -1
+
+
+def test_gd_is_full_batch_engine(problem):
+    """GD = the engine with the full-batch sampler = w <- w - lr * grad(mean loss over all)."""
+    model, data, w0, state = problem
+    loss_fn = make_loss_fn(model, train=True)
+    run = jax.jit(make_trajectory(loss_fn, make_sampler("full", 128, 16), 7,
+                                  Recorder(grad_norm=True)))
+    out = run(w0, state, jax.random.key(0), jnp.float32(0.5), data)
+    grad = jax.jit(jax.grad(lambda w: loss_fn(w, state, data.train_x, data.train_y)[0]))
+    w, norms = w0, []
+    for _ in range(7):
+        g = grad(w)
+        norms.append(float(jnp.linalg.norm(g)))
+        w = w - 0.5 * g
+    np.testing.assert_allclose(np.asarray(out.params), np.asarray(w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out.records["grad_norm"]), norms, rtol=1e-5)
+
+
+def test_vmapped_ensemble_equals_single_runs_bitwise(problem):
+    model, data, w0, state = problem
+    traj = make_trajectory(make_loss_fn(model, train=True), make_sampler("default", 128, 16), 30,
+                           Recorder(params_every=1, val_every=10),
+                           eval_loss=make_loss_fn(model, train=False))
+    keys = run_keys(42, "many_runs", 4)
+    lrs = jnp.asarray([0.1, 0.1, 0.05, 0.01], jnp.float32)
+    ens = vmapped(traj)(w0, state, keys, lrs, data)
+    single = jax.jit(traj)
+    for r in range(4):
+        one = single(w0, state, keys[r], lrs[r], data)
+        for name in ("loss", "params", "val_loss", "val_acc"):
+            np.testing.assert_array_equal(np.asarray(ens.records[name][r]),
+                                          np.asarray(one.records[name]), err_msg=name)
+        np.testing.assert_array_equal(np.asarray(ens.params[r]), np.asarray(one.params))
+
+
+def test_segments_equal_one_call(problem):
+    """A run split into calls with `start` offsets equals one uninterrupted call."""
+    model, data, w0, state = problem
+    loss_fn = make_loss_fn(model, train=True)
+    sampler = make_sampler("default", 128, 16)
+    key = jax.random.key(5)
+    whole = jax.jit(make_trajectory(loss_fn, sampler, 40, Recorder(params_every=1)))(
+        w0, state, key, jnp.float32(0.1), data)
+    part = jax.jit(make_trajectory(loss_fn, sampler, 20, Recorder(params_every=1)))
+    a = part(w0, state, key, jnp.float32(0.1), data, 0)
+    b = part(a.params, a.state, key, jnp.float32(0.1), data, 20)
+    np.testing.assert_array_equal(
+        np.concatenate([a.records["params"], b.records["params"]]), whole.records["params"])
+
+
+def test_recording_cadence_and_thinning(problem):
+    model, data, w0, state = problem
+    traj = jax.jit(make_trajectory(
+        make_loss_fn(model, train=True), make_sampler("replacement", 128, 16), 23,
+        Recorder(params_every=5, val_every=10), eval_loss=make_loss_fn(model, train=False)))
+    full = jax.jit(make_trajectory(make_loss_fn(model, train=True),
+                                   make_sampler("replacement", 128, 16), 23,
+                                   Recorder(params_every=1)))
+    key = jax.random.key(9)
+    out = traj(w0, state, key, jnp.float32(0.1), data)
+    ref = full(w0, state, key, jnp.float32(0.1), data)
+    assert out.records["loss"].shape == (23,)
+    assert out.records["params"].shape == (5, w0.shape[0])  # steps 0, 5, 10, 15, 20
+    np.testing.assert_array_equal(out.records["params"], ref.records["params"][::5])
+    # validation after steps 10 and 20 = at the pre-update parameters of steps 10 and 20
+    assert out.records["val_loss"].shape == (2,)
+    eval_loss = make_loss_fn(model, train=False)
+    for j, t in enumerate((10, 20)):
+        vl, va = evaluate(eval_loss, ref.records["params"][t], state, data.val_x, data.val_y, 1024)
+        np.testing.assert_allclose(out.records["val_loss"][j], vl, rtol=1e-6)
+        np.testing.assert_allclose(out.records["val_acc"][j], va)
+
+
+def test_evaluate_is_example_weighted(problem):
+    model, data, w0, state = problem
+    eval_loss = make_loss_fn(model, train=False)
+    whole = evaluate(eval_loss, w0, state, data.val_x, data.val_y, 1024)
+    sliced = evaluate(eval_loss, w0, state, data.val_x, data.val_y, 24)  # 64 = 2*24 + 16
+    np.testing.assert_allclose(whole[0], sliced[0], rtol=1e-6)
+    np.testing.assert_allclose(whole[1], sliced[1])
+
+
+def test_hessian_symmetric_fd_and_eigvals(problem):
+    model, data, w0, state = problem
+    jax.config.update("jax_enable_x64", True)
+    try:
+        loss_fn = make_loss_fn(model, train=True)
+        w = w0.astype(jnp.float64)
+        d = Data(data.train_x.astype(jnp.float64), data.train_y)
+        traj = jax.jit(make_trajectory(loss_fn, make_sampler("default", 128, 16), 3,
+                                       Recorder(params_every=1, hessian=True, eigvals=True)))
+        key = jax.random.key(2)
+        out = traj(w, state, key, jnp.float64(0.1), d)
+        h = np.asarray(out.records["hessian"][1])
+        np.testing.assert_allclose(h, h.T, atol=1e-12)
+        # finite differences of the gradient of the same minibatch at the same point
+        idx = make_sampler("default", 128, 16).batch(key, 1)
+        wt = out.records["params"][1]
+        g = jax.jit(jax.grad(lambda v: loss_fn(v, state, d.train_x[idx], d.train_y[idx])[0]))
+        eps = 1e-5
+        for j in (0, 37, 290, 385):
+            e = jnp.zeros_like(wt).at[j].set(eps)
+            fd = (g(wt + e) - g(wt - e)) / (2 * eps)
+            np.testing.assert_allclose(h[:, j], np.asarray(fd), atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(out.records["eigvals"][1]),
+                                   np.linalg.eigvalsh(h), atol=1e-10)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_diverging_run_is_frozen_and_reported(problem):
+    model, data, w0, state = problem
+    traj = make_trajectory(make_loss_fn(model, train=True), make_sampler("default", 128, 16), 40,
+                           Recorder(params_every=1, val_every=10),
+                           eval_loss=make_loss_fn(model, train=False))
+    keys = run_keys(0, "many_runs", 2)
+    out = vmapped(traj)(w0, state, keys, jnp.asarray([0.1, 1e6], jnp.float32), data)
+    assert int(out.diverged_at[0]) == -1
+    t = int(out.diverged_at[1])
+    assert 0 <= t < 40
+    loss = np.asarray(out.records["loss"][1])
+    assert np.all(np.isfinite(loss[: t + 1])) and np.all(np.isnan(loss[t + 1:]))
+    assert np.all(np.isfinite(np.asarray(out.params[1])))  # frozen at the last finite point
+    assert np.all(np.isfinite(np.asarray(out.records["loss"][0])))
