@@ -127,6 +127,8 @@ class SetupConfig:
     # --- execution -----------------------------------------------------------------------
     #: Memory budget (GiB) for one compiled chunk of an ensemble; decides the chunk size.
     memory_budget_gb: float = 2.0
+    #: Runs per compiled ensemble chunk; 0 = the largest that fits ``memory_budget_gb``.
+    chunk_runs: int = 0
     #: SGD steps per compiled call in long stages (progress, checkpoint and resume granularity).
     steps_per_call: int = 100_000
 
@@ -176,7 +178,7 @@ def validate(cfg: SetupConfig) -> None:
             raise ConfigError(f"{key}={getattr(cfg, key)} must be a positive integer.")
     non_negative = (
         "epochs_sgd", "epochs_gd", "hessian_steps", "many_runs_steps", "many_runs_samples",
-        "val_every",
+        "val_every", "chunk_runs",
     )
     for key in non_negative:
         if getattr(cfg, key) < 0:

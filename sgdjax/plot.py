@@ -17,7 +17,7 @@ Recognised inputs (``{lr}`` is the learning rate as in the file names, e.g. ``0.
 * ``val_analysis_*/{prefix}__{start,end}_val_metrics.csv`` (+ ``{prefix}__summary.json``) ->
   ``val_analysis_*/val_loss_distribution/{prefix}__{start,end}_{loss,acc}_hist.png``
 * ``hessians_averaged_eigs_lr{lr}.npy`` ([P] eigenvalues, or a [P, P] matrix) ->
-  ``hessians_traj_lr{lr}_averaged_eigenvalues.png``, and with two or more learning rates
+  ``hessians_averaged_lr{lr}_eigenvalues.png``, and with two or more learning rates
   ``hessian_comparison.png``
 """
 
@@ -215,7 +215,7 @@ class _Plotter:
                 e = np.asarray(self.store.load_npy(path.name), dtype=np.float64)
                 if e.ndim == 2 and e.shape[0] == e.shape[1]:  # the averaged matrix itself
                     e = np.linalg.eigvalsh(0.5 * (e + e.T))
-                base = f"hessians_traj_lr{m['lr']}_averaged"
+                base = f"hessians_averaged_lr{m['lr']}"
                 self.emit(f"{base}_eigenvalues.png",
                           lambda: plots.spectrum(e, f"Trajectory-averaged Hessian, lr={lr:g}"))
                 rows.append((lr, plots.spectrum_summary(e)))

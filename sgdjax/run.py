@@ -18,7 +18,7 @@ from sgdjax.config import SetupConfig, list_experiments, load_setup, parse_overr
 from sgdjax.errors import ConfigError, DeviceError, SgdjaxError
 
 #: Config keys that do not change any result (they may differ between a run and its resume).
-EXECUTION_KEYS = ("description", "device", "memory_budget_gb", "steps_per_call")
+EXECUTION_KEYS = ("description", "device", "memory_budget_gb", "steps_per_call", "chunk_runs")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -227,8 +227,8 @@ EXPECTED = {
     "val_analysis_lr0.01/val_loss_distribution/sgd_weights_lr0.01__start_acc_hist.png",
     "val_analysis_lr0.01/val_loss_distribution/sgd_weights_lr0.01__end_loss_hist.png",
     "val_analysis_lr0.01/val_loss_distribution/sgd_weights_lr0.01__end_acc_hist.png",
-    "hessians_traj_lr0.1_averaged_eigenvalues.png",
-    "hessians_traj_lr0.001_averaged_eigenvalues.png",
+    "hessians_averaged_lr0.1_eigenvalues.png",
+    "hessians_averaged_lr0.001_eigenvalues.png",
     "hessian_comparison.png",
 }
 

@@ -111,7 +111,9 @@ def run(ctx: Context) -> dict[str, Any]:
     one_key = run_keys(cfg.seed, "many_runs", 1)[0]
     per_run = output_bytes_per_run(traj, w0, state0, one_key, jnp.asarray(0.1, dtype), data)
     per_run += steps * cfg.batch_size * 4  # the run's precomputed batch indices
-    size = chunk_size(n_runs, per_run, cfg.memory_budget_gb * 2**30, MAX_CHUNK.get(cfg.model))
+    size = cfg.chunk_runs or chunk_size(n_runs, per_run, cfg.memory_budget_gb * 2**30,
+                                        MAX_CHUNK.get(cfg.model))
+    size = min(size, n_runs)
 
     info: dict[str, Any] = {"chunk_runs": size, "runs_per_lr": n_runs, "steps": steps}
     total_run_steps = 0

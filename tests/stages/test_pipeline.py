@@ -1,0 +1,217 @@
+"""The whole exp1 pipeline on a tiny config, through the command line, on the MNIST test split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgdjax import run as cli
+from sgdjax.config import load_setup
+from sgdjax.stages import STAGES
+from sgdjax.stages.gd_many_runs import effective_lr
+
+TINY = [
+    "train_split=test[:640]", "val_split=test[640:960]", "epochs_sgd=2", "epochs_gd=3",
+    "hessian_steps=6", "many_runs_steps=23", "many_runs_samples=5", "lrs=0.05,0.01",
+]
+
+
+def sets(*items: str) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def run_cli(out: Path, *extra: str, setup: str = "setup1", overrides=TINY) -> int:
+    return cli.main(["exp1", setup, "--out", str(out), "--no-progress", *sets(*overrides),
+                     *extra])
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, offline_data_dir) -> Path:
+    data = offline_data_dir
+    if data is None:
+        pytest.skip("offline MNIST test split not found (set SGDJAX_DATA_DIR)")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGDJAX_DATA_DIR", str(data))
+    mp.setenv("SGDJAX_OFFLINE", "1")
+    out = tmp_path_factory.mktemp("base") / "res"
+    import jax
+
+    before = jax.config.jax_enable_x64
+    assert run_cli(out, "--stages", "1,2") == 0
+    jax.config.update("jax_enable_x64", before)
+    yield out
+    mp.undo()
+
+
+def copy_of(base: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "res"
+    shutil.copytree(base, out)
+    return out
+
+
+def test_full_pipeline_outputs(base_dir, tmp_path, real_data_dir, capsys):
+    out = copy_of(base_dir, tmp_path)
+    assert run_cli(out) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1 (sgd): complete, skipped" in printed
+    assert "summary of exp1/setup1" in printed
+
+    logs = json.loads((out / "logs_sgd.json").read_text())
+    assert len(logs["train_losses"]) == 2 and len(logs["val_accs"]) == 2
+    gd = json.loads((out / "logs_gd.json").read_text())
+    assert {"train_losses", "val_losses", "val_accs", "grad_norms"} <= set(gd)
+    assert len(gd["grad_norms"]) == 3
+    assert np.load(out / "grad_norms_gd.npy").dtype == np.float64
+
+    w = np.load(out / "sgd_weights_lr0.05.npy")
+    assert w.shape == (5, 23, 386) and w.dtype == np.float32
+    assert np.load(out / "sgd_train_losses_lr0.05.npy").shape == (5, 23)
+    assert np.load(out / "sgd_val_losses_lr0.05.npy").shape == (5, 2)  # after steps 10, 20
+    assert np.load(out / "sgd_weights_lr0.05_final.npy").shape == (5, 386)
+    # all runs start from the polished checkpoint; they differ only by their batches
+    np.testing.assert_array_equal(w[:, 0], np.broadcast_to(w[0, 0], (5, 386)))
+    assert np.abs(w[0, -1] - w[1, -1]).max() > 0
+    sgd_logs = json.loads((out / "sgd_logs_lr0.05.json").read_text())
+    assert len(sgd_logs["train_losses"]) == 5 * 23 and len(sgd_logs["val_losses"]) == 5 * 2
+    np.testing.assert_allclose(np.asarray(sgd_logs["train_losses"]).reshape(5, 23),
+                               np.load(out / "sgd_train_losses_lr0.05.npy"))
+
+    h = np.load(out / "hessians_traj_lr0.01.npy")
+    assert h.shape == (6, 386, 386)
+    np.testing.assert_allclose(h, np.swapaxes(h, 1, 2), atol=1e-5)
+    eigs = np.load(out / "hessian_eigs_lr0.01.npy")
+    np.testing.assert_allclose(eigs[2], np.linalg.eigvalsh(h[2].astype(np.float64)),
+                               atol=1e-4 * max(1.0, np.abs(eigs[2]).max()))
+    combined = json.loads((out / "logs_sgd_gd_plus_sgdEpochified_lr0.01.json").read_text())
+    assert len(combined["combined_train_losses"]) == 2 + 3 + 0  # 6 steps < one 10-step epoch
+
+    # stage 5 computes in float64 (setup 1's dtype): the weights carry more than float32 bits
+    gdw = np.load(out / "gd_weights_lr0.05_dtypefloat64.npy")
+    assert gdw.shape == (23, 386) and gdw.dtype == np.float64
+    assert np.any(gdw[-1] != gdw[-1].astype(np.float32).astype(np.float64))
+    gd5 = json.loads((out / "gd_logs_lr0.05_dtypefloat64.json").read_text())
+    assert len(gd5["train_losses"]) == 23 and len(gd5["grad_norms"]) == 23
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["many_runs_samples"] == 5
+    assert "jax" in manifest["versions"]
+    for stage in ("hessians", "many_runs", "gd_many_runs"):
+        assert manifest["stages"][stage]["wall_s"] > 0
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.progress.json"))
+    assert (out / "loss_acc_sgd.png").stat().st_size > 1000
+
+    # a second invocation finds everything complete and computes nothing
+    def boom(ctx):
+        raise AssertionError("a complete stage was run again")
+
+    mp = pytest.MonkeyPatch()
+    for stage in STAGES:
+        mp.setattr(stage.load(), "run", boom)
+    try:
+        assert run_cli(out) == 0
+    finally:
+        mp.undo()
+    assert capsys.readouterr().out.count("complete, skipped") == len(STAGES)
+
+
+def test_interrupted_ensemble_resumes_to_identical_arrays(base_dir, tmp_path, real_data_dir,
+                                                           monkeypatch):
+    from sgdjax.stages import many_runs
+
+    overrides = [*TINY, "chunk_runs=2"]
+    ref = tmp_path / "ref"
+    shutil.copytree(base_dir, ref)
+    assert run_cli(ref, "--stages", "4", overrides=overrides) == 0
+
+    out = tmp_path / "interrupted"
+    shutil.copytree(base_dir, out)
+    real = many_runs.run_chunks
+
+    def stop_after_first_chunk(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress):
+        def once(c, rows, traj):
+            on_chunk(c, rows, traj)
+            raise KeyboardInterrupt
+
+        return real(fn, w0, s0, keys, lrs, data, size, chunks, once, progress)
+
+    monkeypatch.setattr(many_runs, "run_chunks", stop_after_first_chunk)
+    assert run_cli(out, "--stages", "4", overrides=overrides) == 130
+    assert (out / "sgd_weights_lr0.05.npy.partial").exists()
+    assert not (out / "sgd_weights_lr0.05.npy").exists()
+    progress = json.loads((out / "sgd_weights_lr0.05.npy.progress.json").read_text())
+    assert progress  # one chunk recorded as done
+
+    seen = []
+
+    def count_chunks(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress):
+        chunks = list(chunks)
+        seen.append(chunks)
+        return real(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress)
+
+    monkeypatch.setattr(many_runs, "run_chunks", count_chunks)
+    assert run_cli(out, "--stages", "4", overrides=overrides) == 0
+    assert seen[0] == [1, 2]  # resumed after the first chunk of the first lr
+    for name in ("sgd_weights_lr0.05.npy", "sgd_weights_lr0.01.npy", "sgd_train_losses_lr0.05.npy",
+                 "sgd_val_accs_lr0.01.npy", "sgd_weights_lr0.01_final.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(ref / name), err_msg=name)
+
+
+def test_diverging_lr_is_reported_not_crashed_on(base_dir, tmp_path, real_data_dir):
+    out = copy_of(base_dir, tmp_path)
+    assert run_cli(out, "--stages", "4", "--force", overrides=[*TINY, "lrs=0.05,1e+30"]) == 0
+    logs = json.loads((out / "sgd_logs_lr1e+30.json").read_text())
+    assert logs["n_diverged"] == 5 and len(logs["diverged_at_step"]) == 5
+    healthy = json.loads((out / "sgd_logs_lr0.05.json").read_text())
+    assert healthy["n_diverged"] == 0
+    at = np.load(out / "sgd_diverged_at_lr1e+30.npy")
+    losses = np.load(out / "sgd_train_losses_lr1e+30.npy")
+    for r in range(5):
+        assert np.all(np.isnan(losses[r, at[r] + 1:]))
+
+
+def test_gd_scaling_n_over_b_is_lr_times_b_over_n():
+    cfg = load_setup("exp1", "setup1", ["gd_scaling=N/B"])
+    assert effective_lr(cfg, 0.05, 6400) == pytest.approx(0.05 * 64 / 6400)
+    assert effective_lr(cfg.replace(gd_scaling="times_N_over_B"), 0.05, 6400) == pytest.approx(5.0)
+    assert effective_lr(cfg.replace(gd_scaling="default"), 0.05, 6400) == 0.05
+
+
+def test_cli_errors_are_one_message(capsys, tmp_path):
+    assert cli.main(["exp1", "setup9", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setup 'setup9'" in err and "Traceback" not in err
+    assert cli.main(["exp1", "setup1", "--set", "many_run_samples=3"]) == 2
+    assert "Did you mean 'many_runs_samples'" in capsys.readouterr().err
+    assert cli.main(["exp1", "setup1", "--stages", "hesians"]) == 2
+    assert "Did you mean 'hessians'" in capsys.readouterr().err
+
+
+def test_missing_data_is_one_message(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SGDJAX_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("SGDJAX_OFFLINE", "1")
+    assert cli.main(["exp1", "setup1", "--out", str(tmp_path / "r"), "--no-progress",
+                     "--stages", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+
+
+def test_list_and_dry_run(capsys):
+    assert cli.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "exp1" in listed and "setup3" in listed and "exp2" in listed
+    assert cli.main(["exp2", "setup2", "--dry-run", "--set", "many_runs_samples=7"]) == 0
+    plan = capsys.readouterr().out
+    assert "many_runs_samples = 7" in plan and "4 many_runs" in plan
+
+
+def test_missing_gpu_fails_clearly(capsys):
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("a GPU is present")
+    assert cli.main(["exp1", "setup1", "--device", "gpu", "--dry-run"]) == 2
+    assert "no 'gpu' device" in capsys.readouterr().err
