@@ -1,0 +1,162 @@
+"""Batch-index samplers: pure functions of a PRNG key and a step number.
+
+A sampler never holds state: the indices of global step ``s`` are a function of ``(key, s)``
+alone, so a run can be resumed at any step, vmapped over keys, and driven from inside
+``jit``/``lax.scan`` with a traced step. All shapes depend only on static fields.
+
+* ``reshuffle`` (the original's "default" loader): epoch ``e = s // steps_per_epoch`` uses a
+  fresh uniform permutation drawn from ``fold_in(key, e)``, cut into consecutive batches.
+* ``replacement``: step ``s`` draws ``batch_size`` i.i.d. uniform indices from
+  ``fold_in(key, s)``.
+* ``full``: every step is the whole dataset ``0..n-1`` (GD).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sgdjax.errors import ConfigError, did_you_mean
+
+SamplerKind = Literal["reshuffle", "replacement", "full"]
+KINDS: tuple[str, ...] = ("reshuffle", "replacement", "full")
+#: Accepted names (including the original's) -> canonical kind.
+ALIASES: dict[str, str] = {
+    "reshuffle": "reshuffle",
+    "default": "reshuffle",
+    "replacement": "replacement",
+    "full": "full",
+    "gd": "full",
+}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def random_permutation(key: jax.Array, n: int) -> jax.Array:
+    """A uniform random permutation of ``0..n-1`` (int32), by a stable sort of 32-bit random keys.
+
+    One sort of random bits is 1.5-2.5x cheaper than ``jax.random.permutation`` on CPU (which
+    sorts in several rounds to make ties impossible). The price: two equal 32-bit keys (about
+    n^2 / 2^33 chance per permutation, ~0.5 % for n = 6400) keep their original relative order,
+    a bias on one pair's order that is negligible here; the result is always a permutation.
+    """
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    return lax.sort_key_val(bits, lax.iota(jnp.int32, n), is_stable=True)[1]
+
+
+def _as_step(step: jax.typing.ArrayLike) -> jax.Array:
+    return jnp.asarray(step).astype(jnp.int32)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Which examples each optimiser step sees.
+
+    ``batch_size`` is ignored for ``full`` (set to ``n``). ``drop_last`` only concerns
+    ``reshuffle`` when ``batch_size`` does not divide ``n``: the last ``n % batch_size`` entries
+    of each epoch's permutation are skipped (a partial batch would change the array shape).
+    """
+
+    kind: SamplerKind
+    n: int
+    batch_size: int
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(
+                f"Unknown sampler kind '{self.kind}'; choose one of {', '.join(KINDS)}."
+                f"{did_you_mean(str(self.kind), KINDS)}"
+            )
+        for field in ("n", "batch_size"):
+            value = getattr(self, field)
+            try:
+                object.__setattr__(self, field, operator.index(value))
+            except TypeError:
+                raise ConfigError(
+                    f"The sampler's {field} must be an integer, got {value!r}."
+                ) from None
+        if self.n < 1:
+            raise ConfigError(f"A sampler needs a non-empty dataset, got n={self.n}.")
+        if self.kind == "full":
+            object.__setattr__(self, "batch_size", self.n)
+        if not 1 <= self.batch_size <= self.n:
+            raise ConfigError(
+                f"batch_size={self.batch_size} must lie between 1 and the dataset size {self.n}."
+            )
+        if self.kind == "reshuffle" and not self.drop_last and self.n % self.batch_size:
+            raise ConfigError(
+                f"The reshuffle sampler with drop_last=False would need a last partial batch of "
+                f"{self.n % self.batch_size} examples (n={self.n} is not a multiple of "
+                f"batch_size={self.batch_size}), but every batch must have the same static "
+                f"shape under jit; choose a dataset size that is a multiple of the batch size "
+                f"(e.g. {self.n - self.n % self.batch_size}), or set drop_last=True."
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of one pass over the data: ``n // batch_size`` (1 for ``full``)."""
+        return 1 if self.kind == "full" else self.n // self.batch_size
+
+    def batch(self, key: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
+        """int32 ``[batch_size]`` indices of global step ``step`` (a Python or traced int)."""
+        return _batch(self, key, _as_step(step))
+
+    def batches(self, key: jax.Array, start: jax.typing.ArrayLike, num: int) -> jax.Array:
+        """int32 ``[num, batch_size]``: the batches of steps ``start .. start+num-1``, equal to
+        stacking :meth:`batch`; ``num`` is static, ``start`` may be traced.
+
+        For ``reshuffle`` only the permutations of the epochs the range touches are drawn (at
+        most ``ceil(num / steps_per_epoch) + 1``), not one per step.
+        """
+        if int(num) != num or num < 0:
+            raise ConfigError(f"num must be a non-negative integer, got {num}.")
+        return _batches(self, key, _as_step(start), int(num))
+
+
+# Jitted with the (hashable, frozen) sampler static: eager calls compile once per sampler and
+# shape instead of dispatching op by op; inside a caller's jit/scan/vmap they are inlined.
+@functools.partial(jax.jit, static_argnums=0)
+def _batch(s: Sampler, key: jax.Array, step: jax.Array) -> jax.Array:
+    if s.kind == "full":
+        return lax.iota(jnp.int32, s.n)
+    if s.kind == "replacement":
+        return jax.random.randint(
+            jax.random.fold_in(key, step), (s.batch_size,), 0, s.n, dtype=jnp.int32
+        )
+    spe = s.steps_per_epoch
+    perm = random_permutation(jax.random.fold_in(key, step // spe), s.n)
+    return lax.dynamic_slice(perm, ((step % spe) * s.batch_size,), (s.batch_size,))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _batches(s: Sampler, key: jax.Array, start: jax.Array, num: int) -> jax.Array:
+    if s.kind == "full":
+        return jnp.broadcast_to(lax.iota(jnp.int32, s.n), (num, s.n))
+    if s.kind == "replacement":
+        steps = start + jnp.arange(num, dtype=jnp.int32)
+        return jax.vmap(lambda step: _batch(s, key, step))(steps)
+    spe, bsz = s.steps_per_epoch, s.batch_size
+    n_epochs = math.ceil(num / spe) + 1
+    epochs = start // spe + jnp.arange(n_epochs, dtype=jnp.int32)
+    perms = jax.vmap(lambda e: random_permutation(jax.random.fold_in(key, e), s.n))(epochs)
+    rows = perms[:, : spe * bsz].reshape(n_epochs * spe, bsz)
+    return lax.dynamic_slice(rows, (start % spe, jnp.int32(0)), (num, bsz))
+
+
+def make_sampler(kind: str, n: int, batch_size: int, *, drop_last: bool = True) -> Sampler:
+    """A :class:`Sampler` from a config name; also accepts the original's names ("default" for
+    reshuffle, "gd" for full)."""
+    canonical = ALIASES.get(str(kind).strip().lower())
+    if canonical is None:
+        raise ConfigError(
+            f"Unknown sampler '{kind}'; choose one of {', '.join(ALIASES)} "
+            f"('default' = reshuffle, 'gd' = full).{did_you_mean(str(kind), ALIASES)}"
+        )
+    return Sampler(canonical, n, batch_size, drop_last)  # type: ignore[arg-type]
