@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from sgdjax.engine.trajectory import Data, Trajectory
 
 STAGE_STREAMS = {"sgd": 1, "gd": 2, "hessians": 3, "many_runs": 4, "gd_many_runs": 5}
@@ -61,6 +64,26 @@ def chunk_size(n_runs: int, bytes_per_run: int, budget_bytes: float, max_chunk: 
     return max(1, size)
 
 
+def run_mesh(devices: list[Any] | None = None) -> Mesh | None:
+    """A 1-D mesh over ``devices`` (default: all local devices of the default backend) with
+    the axis ``"runs"``, or None with a single device. On several hosts, call
+    ``jax.distributed.initialize()`` first and pass ``jax.devices()`` (all hosts' devices)."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if len(devices) < 2:
+        return None
+    return Mesh(np.asarray(devices), ("runs",))
+
+
+def global_chunk(per_device: int, mesh: Mesh | None) -> int:
+    """Runs per compiled call over the whole mesh.
+
+    Every device always computes ``per_device`` runs, the width a single device would use: the
+    per-device program is then the single-device program, so a sharded ensemble is bitwise
+    identical to the same ensemble on one device (XLA's CPU kernels round differently for
+    different vmap widths)."""
+    return per_device if mesh is None else per_device * int(mesh.devices.size)
+
+
 def run_chunks(
     fn: Callable[..., Trajectory],
     w0: Any,
@@ -72,14 +95,22 @@ def run_chunks(
     chunks: Iterable[int],
     on_chunk: Callable[[int, slice, Trajectory], None],
     progress: Callable[[int, float], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> None:
     """Run the given chunk indices of an ensemble with the vmapped ``fn``.
 
     Every chunk has the same static size (the last one is padded by repeating its final run and
     the padding is dropped), so the whole ensemble compiles once. ``on_chunk(chunk, rows, traj)``
     receives numpy outputs with exactly ``rows`` runs. ``progress(n_runs_done, seconds)`` is called
-    after each chunk."""
+    after each chunk. With a ``mesh`` the run axis of every chunk is sharded over its devices
+    (``size`` must be a multiple of the device count) and shared inputs are replicated."""
     n = keys.shape[0]
+    if mesh is not None:
+        if size % mesh.devices.size:
+            raise ValueError(f"chunk size {size} is not a multiple of {mesh.devices.size} devices")
+        replicated = NamedSharding(mesh, P())
+        w0, state0, data = jax.device_put((w0, state0, data), replicated)
+        by_run = NamedSharding(mesh, P("runs"))
     for c in chunks:
         rows = slice(c * size, min(n, (c + 1) * size))
         count = rows.stop - rows.start
@@ -88,6 +119,8 @@ def run_chunks(
         if pad:
             k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
             lr = jnp.concatenate([lr, jnp.repeat(lr[-1:], pad, axis=0)])
+        if mesh is not None:
+            k, lr = jax.device_put((k, lr), by_run)
         t0 = time.perf_counter()
         out = fn(w0, state0, k, lr, data)
         out = jax.tree.map(lambda a: np.asarray(a)[:count], out)

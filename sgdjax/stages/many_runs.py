@@ -31,8 +31,10 @@ from sgdjax.engine.ensemble import (
     chunk_size,
     diverged_summary,
     output_bytes_per_run,
+    global_chunk,
     run_chunks,
     run_keys,
+    run_mesh,
     vmapped,
 )
 from sgdjax.engine.trajectory import Recorder, make_trajectory
@@ -114,8 +116,11 @@ def run(ctx: Context) -> dict[str, Any]:
     size = cfg.chunk_runs or chunk_size(n_runs, per_run, cfg.memory_budget_gb * 2**30,
                                         MAX_CHUNK.get(cfg.model))
     size = min(size, n_runs)
+    mesh = run_mesh(jax.local_devices(backend=ctx.device.platform) if ctx.device else None)
+    size = global_chunk(size, mesh)
 
-    info: dict[str, Any] = {"chunk_runs": size, "runs_per_lr": n_runs, "steps": steps}
+    info: dict[str, Any] = {"chunk_runs": size, "runs_per_lr": n_runs, "steps": steps,
+                            "devices": 1 if mesh is None else int(mesh.devices.size)}
     total_run_steps = 0
     bar = ctx.progress("stage 4 many runs", n_runs * steps * len(cfg.lrs))
     with bar:
@@ -161,7 +166,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 bar.update(count * steps)
                 bar.set_postfix(lr=lr, chunk_s=f"{seconds:.2f}")
 
-            run_chunks(fn, w0, state0, keys, lrs, data, size, pending, on_chunk, progress)
+            run_chunks(fn, w0, state0, keys, lrs, data, size, pending, on_chunk, progress, mesh)
             total_run_steps += len(pending) * size * steps
             for stream in streams.values():
                 stream.finalize()

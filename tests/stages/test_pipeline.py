@@ -173,6 +173,30 @@ def test_diverging_lr_is_reported_not_crashed_on(base_dir, tmp_path, real_data_d
         assert np.all(np.isnan(losses[r, at[r] + 1:]))
 
 
+def test_four_devices_give_the_same_ensemble(base_dir, tmp_path, real_data_dir):
+    """The run axis sharded over 4 simulated CPU devices gives the arrays of 1 device."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for n_dev in (1, 4):
+        out = tmp_path / f"dev{n_dev}"
+        shutil.copytree(base_dir, out)
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}")
+        cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
+               "--no-progress", "--stages", "4", "--force", *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["stages"]["many_runs"]["devices"] == n_dev
+        results[n_dev] = out
+    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
+                 "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy"):
+        np.testing.assert_array_equal(np.load(results[4] / name), np.load(results[1] / name),
+                                      err_msg=name)
+
+
 def test_gd_scaling_n_over_b_is_lr_times_b_over_n():
     cfg = load_setup("exp1", "setup1", ["gd_scaling=N/B"])
     assert effective_lr(cfg, 0.05, 6400) == pytest.approx(0.05 * 64 / 6400)
