@@ -100,27 +100,26 @@ def check_consistent(store: Any, cfg: SetupConfig, force: bool) -> None:
         )
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(stage or '  lr...', wall seconds, key=value numbers) rows of the summary table."""
     rows = []
     for stage, info in results.items():
         wall = info.get("wall_s")
-        numbers = []
-        for key, value in info.items():
-            if key in ("wall_s", "skipped", "finished") or isinstance(value, dict | list):
-                continue
-            if isinstance(value, float):
-                numbers.append(f"{key}={value:.4g}")
-            elif value is not None:
-                numbers.append(f"{key}={value}")
-        for key, value in info.items():
-            if isinstance(value, dict):
-                inner = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in value.items() if v is not None
-                                  and not isinstance(v, dict | list))
-                numbers.append(f"[{key}] {inner}")
+        flat = [f"{k}={_fmt(v)}" for k, v in info.items()
+                if k not in ("wall_s", "skipped", "finished") and v is not None
+                and not isinstance(v, dict | list)]
         status = "skipped" if info.get("skipped") else ""
         rows.append((stage, f"{wall:.1f}" if isinstance(wall, float) else status,
-                     "; ".join(numbers)))
+                     "  ".join(flat)))
+        for key, value in info.items():
+            if isinstance(value, dict):
+                inner = [f"{k}={_fmt(v)}" for k, v in value.items()
+                         if v is not None and not isinstance(v, dict | list)]
+                rows.append((f"  {key}", "", "  ".join(inner)))
     return rows
 
 

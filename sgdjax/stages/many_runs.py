@@ -201,7 +201,11 @@ def write_logs(ctx: Context, lr: float, names: dict[str, str], ve: int) -> dict[
                       plots.ensemble_loss(np.asarray(losses), lr, diverged))
     healthy = ~diverged
     final_loss = np.asarray(losses[:, -1])[healthy]
+    final_w = store.load_npy(names["final"])[healthy].astype(np.float64)
     return {
+        # RMS over parameters of the across-run std of the final weights: the ensemble's spread.
+        "final_weight_spread": float(np.sqrt(final_w.var(axis=0).mean()))
+        if len(final_w) > 1 else None,
         "n_diverged": int(diverged.sum()),
         "final_train_loss_mean": float(final_loss.mean()) if final_loss.size else None,
         "final_val_loss_mean": float(val_losses[healthy, -1].mean())
