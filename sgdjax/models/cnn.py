@@ -1,0 +1,276 @@
+"""FlexibleCNN of exp1 (spec §3.2).
+
+Conv2d(1→12, 3×3, stride 1, padding 1, no bias) → BatchNorm2d(12) → SiLU → global average pool
+→ Linear(12→11) → SiLU → Linear(11→10), on NCHW images ``[N, 1, 28, 28]``.
+
+Trainable layout (395): ``conv.weight [12,1,3,3]`` [0..107], ``bn.weight`` [108..119],
+``bn.bias`` [120..131], ``fc1.weight [11,12]`` [132..263], ``fc1.bias`` [264..274],
+``fc2.weight [10,11]`` [275..384], ``fc2.bias`` [385..394].
+State (``buffers``): ``{"bn": {"running_mean", "running_var", "num_batches_tracked"}}`` with
+state-dict names ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``.
+
+BatchNorm follows PyTorch: eps 1e-5, momentum 0.1; training normalises with the biased batch
+variance over (N, H, W) and moves the running variance towards the *unbiased* one; evaluation uses
+the running statistics.
+
+XLA's CPU convolution is slow for this shape (one input channel, float64 especially), so the
+convolution has several interchangeable implementations (``conv_impl``):
+
+* ``"folded"`` (default): im2col patches; BatchNorm's batch statistics of the conv output are
+  computed from the 9×9 patch covariance (mean = w·m, var = wᵀSw), and the BN affine map is folded
+  into the conv weight and a bias, so the 12-channel map is produced once, already normalised.
+* ``"im2col"``: patches ``[N, C·9, H·W]`` then one matmul; BN applied to the map.
+* ``"shift"``: nine shifted multiply-adds on the zero-padded input; BN applied to the map.
+* ``"lax"``: ``lax.conv_general_dilated``; BN applied to the map.
+
+All four compute the same function (tests check it). Measured on the 2-vCPU development machine
+(jit, batch 64, train-mode forward+gradient of the mean CE loss; best of 5×50 calls):
+
+=========  =========  =========
+impl       float32    float64
+=========  =========  =========
+folded     3.3 ms     5.1 ms
+im2col     6.8 ms     9.8 ms
+shift      6.5 ms     40 ms
+lax        7.9 ms     10.7 ms
+=========  =========  =========
+
+A dense float64 Hessian (``jax.hessian``) of that loss took 16 s folded, 65 s im2col, 75 s lax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sgdjax.errors import ConfigError, did_you_mean
+from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear, declared
+
+CONV_IMPLS = ("folded", "im2col", "shift", "lax")
+
+
+def im2col(x: jax.Array, kernel: int, padding: int) -> jax.Array:
+    """``[N, C, H, W]`` → patches ``[N, C·k·k, H'·W']`` ordered (c, ky, kx) like a flattened
+    PyTorch conv weight ``[out, C, k, k]`` (stride 1)."""
+    n, c, h, w = x.shape
+    xp = jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho, wo = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+    cols = [xp[:, :, dy : dy + ho, dx : dx + wo] for dy in range(kernel) for dx in range(kernel)]
+    patches = jnp.stack(cols, axis=2)  # [N, C, k·k, H', W']
+    return patches.reshape(n, c * kernel * kernel, ho * wo)
+
+
+def conv2d(x: jax.Array, weight: jax.Array, padding: int, impl: str) -> jax.Array:
+    """Stride-1 bias-free cross-correlation (PyTorch ``conv2d``), ``[N,C,H,W] → [N,O,H',W']``."""
+    out_ch, in_ch, k, _ = weight.shape
+    n, _, h, w = x.shape
+    ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    if impl == "lax":
+        return lax.conv_general_dilated(
+            x,
+            weight,
+            window_strides=(1, 1),
+            padding=((padding, padding), (padding, padding)),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )
+    if impl == "im2col":
+        patches = im2col(x, k, padding)
+        out = jnp.einsum("ok,nkp->nop", weight.reshape(out_ch, in_ch * k * k), patches)
+        return out.reshape(n, out_ch, ho, wo)
+    if impl == "shift":
+        xp = jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        out = jnp.zeros((n, out_ch, ho, wo), dtype=jnp.result_type(x, weight))
+        for c in range(in_ch):
+            for dy in range(k):
+                for dx in range(k):
+                    window = xp[:, c, dy : dy + ho, dx : dx + wo]
+                    out = out + weight[None, :, c, dy, dx, None, None] * window[:, None]
+        return out
+    raise ConfigError(f"unknown conv_impl '{impl}'.{did_you_mean(impl, CONV_IMPLS)}")
+
+
+class TorchConv2d(nn.Module):
+    """Bias-free conv weight in PyTorch layout ``[out, in, k, k]``."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        shape = (self.out_channels, self.in_channels, self.kernel, self.kernel)
+        self.weight = self.param("weight", declared, shape, self.param_dtype)
+
+    def __call__(self, x: jax.Array, padding: int, impl: str) -> jax.Array:
+        return conv2d(x, self.weight, padding, impl)
+
+
+class BatchNorm2d(nn.Module):
+    """PyTorch BatchNorm2d with explicit running statistics in the ``batch_stats`` collection."""
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float = 0.1
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        c, dt = self.num_features, self.param_dtype
+        self.weight = self.param("weight", declared, (c,), dt)
+        self.bias = self.param("bias", declared, (c,), dt)
+        self.running_mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,), dt)
+        self.running_var = self.variable("batch_stats", "running_var", jnp.ones, (c,), dt)
+        self.num_batches_tracked = self.variable(
+            "batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32
+        )
+
+    def affine(
+        self, mean: jax.Array | None, var: jax.Array | None, count: int, train: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(scale, shift)`` with ``bn(x) = x·scale + shift`` per channel.
+
+        In training ``mean``/``var`` are the batch mean and biased variance over ``count``
+        values per channel; they also update the running statistics. In evaluation the running
+        statistics are used and the arguments are ignored.
+        """
+        if train:
+            assert mean is not None and var is not None
+            if not self.is_initializing():
+                m = self.momentum
+                unbiased = var * (count / max(count - 1, 1))
+                rm, rv = self.running_mean.value, self.running_var.value
+                # stop_gradient: the running statistics are buffers, not part of the loss graph.
+                batch_mean = lax.stop_gradient(mean).astype(rm.dtype)
+                batch_var = lax.stop_gradient(unbiased).astype(rv.dtype)
+                self.running_mean.value = (1 - m) * rm + m * batch_mean
+                self.running_var.value = (1 - m) * rv + m * batch_var
+                self.num_batches_tracked.value = self.num_batches_tracked.value + 1
+        else:
+            mean, var = self.running_mean.value, self.running_var.value
+        scale = self.weight * lax.rsqrt(var + self.eps)
+        return scale, self.bias - mean * scale
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """``x``: ``[N, C, H, W]``."""
+        mean = var = None
+        if train:
+            mean = jnp.mean(x, axis=(0, 2, 3))
+            var = jnp.mean(jnp.square(x - mean[None, :, None, None]), axis=(0, 2, 3))
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        scale, shift = self.affine(mean, var, count, train)
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class CNNModule(nn.Module):
+    in_channels: int
+    channels: int
+    hidden: int
+    n_classes: int
+    kernel: int
+    padding: int
+    conv_impl: str = "folded"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        dt = self.param_dtype
+        conv = TorchConv2d(self.in_channels, self.channels, self.kernel, dt, name="conv")
+        bn = BatchNorm2d(self.channels, param_dtype=dt, name="bn")
+        if self.conv_impl == "folded":
+            feats = self._folded_conv_bn_silu_gap(conv, bn, x, train)
+        else:
+            h = bn(conv(x, self.padding, self.conv_impl), train)
+            feats = jnp.mean(nn.silu(h), axis=(2, 3))
+        h = nn.silu(TorchLinear(self.channels, self.hidden, param_dtype=dt, name="fc1")(feats))
+        return TorchLinear(self.hidden, self.n_classes, param_dtype=dt, name="fc2")(h)
+
+    def _folded_conv_bn_silu_gap(
+        self, conv: TorchConv2d, bn: BatchNorm2d, x: jax.Array, train: bool
+    ) -> jax.Array:
+        patches = im2col(x, self.kernel, self.padding)  # [N, K, P]
+        w = conv.weight.reshape(self.channels, -1)  # [O, K]
+        count = patches.shape[0] * patches.shape[2]
+        mean = var = None
+        if train:
+            m = jnp.mean(patches, axis=(0, 2))  # [K]
+            centred = patches - m[None, :, None]
+            # Biased covariance of the patches; the conv output's batch mean/variance per channel
+            # are then w·m and wᵀSw without materialising the un-normalised map.
+            cov = jnp.einsum("nkp,nlp->kl", centred, centred) / count
+            mean = w @ m
+            var = jnp.einsum("ok,kl,ol->o", w, cov, w)
+        scale, shift = bn.affine(mean, var, count, train)
+        h = jnp.einsum("ok,nkp->nop", w * scale[:, None], patches) + shift[None, :, None]
+        return jnp.mean(nn.silu(h), axis=2)
+
+
+@dataclass(frozen=True)
+class CNN(TorchLayoutModel):
+    """FlexibleCNN; defaults give the exp1 model with 395 trainable parameters."""
+
+    channels: int = 12
+    hidden: int = 11
+    n_classes: int = 10
+    in_channels: int = 1
+    kernel: int = 3
+    padding: int = 1
+    image_size: int = 28
+    conv_impl: str = "folded"
+    name: str = "cnn"
+
+    def __post_init__(self) -> None:
+        if self.conv_impl not in CONV_IMPLS:
+            raise ConfigError(
+                f"cnn: unknown conv_impl '{self.conv_impl}'."
+                f"{did_you_mean(self.conv_impl, CONV_IMPLS)} Allowed: {', '.join(CONV_IMPLS)}."
+            )
+
+    @property
+    def layout(self) -> tuple[ParamSpec, ...]:
+        o, i, k, h, c = self.channels, self.in_channels, self.kernel, self.hidden, self.n_classes
+        # PyTorch defaults: conv/Linear U(±1/√fan_in) (biases too), BatchNorm γ=1, β=0
+        u_conv = ("uniform", 1 / math.sqrt(i * k * k))
+        u1, u2 = ("uniform", 1 / math.sqrt(o)), ("uniform", 1 / math.sqrt(h))
+        return (
+            ParamSpec("conv.weight", ("conv", "weight"), (o, i, k, k), u_conv),
+            ParamSpec("bn.weight", ("bn", "weight"), (o,), ("ones", 0.0)),
+            ParamSpec("bn.bias", ("bn", "bias"), (o,), ("zeros", 0.0)),
+            ParamSpec("fc1.weight", ("fc1", "weight"), (h, o), u1),
+            ParamSpec("fc1.bias", ("fc1", "bias"), (h,), u1),
+            ParamSpec("fc2.weight", ("fc2", "weight"), (c, h), u2),
+            ParamSpec("fc2.bias", ("fc2", "bias"), (c,), u2),
+        )
+
+    @property
+    def buffers(self) -> tuple[ParamSpec, ...]:
+        o = self.channels
+        return (
+            ParamSpec("bn.running_mean", ("bn", "running_mean"), (o,), ("zeros", 0.0)),
+            ParamSpec("bn.running_var", ("bn", "running_var"), (o,), ("ones", 0.0)),
+            ParamSpec("bn.num_batches_tracked", ("bn", "num_batches_tracked"), (), ("count", 0.0)),
+        )
+
+    def module(self, param_dtype: Any = jnp.float32) -> nn.Module:
+        return CNNModule(
+            self.in_channels,
+            self.channels,
+            self.hidden,
+            self.n_classes,
+            self.kernel,
+            self.padding,
+            conv_impl=self.conv_impl,
+            param_dtype=param_dtype,
+        )
+
+    def featurize(self, x: jax.Array) -> jax.Array:
+        x = jnp.asarray(x)
+        return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+    def example_features(self, batch: int, dtype: Any = jnp.float32) -> jax.Array:
+        s = self.image_size
+        return jnp.zeros((batch, self.in_channels, s, s), dtype=dtype)

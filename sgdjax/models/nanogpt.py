@@ -1,0 +1,266 @@
+"""NanoGPT of exp2 (spec §3.3): a one-block, one-head, 8-wide GPT on a 25-character vocabulary.
+
+Token and learned position embeddings; pre-LayerNorm blocks ``x += attn(ln_1(x))``,
+``x += mlp(ln_2(x))``; final LayerNorm; untied bias-free ``lm_head``. Every Linear is bias-free,
+LayerNorms have weight and bias (eps 1e-5), GELU is the exact (erf) one, no dropout.
+
+State-dict names follow nanoGPT, and ``layout`` lists them in the original's ``parameters()``
+order; for the default config (vocab 25, n_embd 8, n_head 1, n_layer 1, block 16, mlp_ratio 1):
+
+=====================================  =======  ============
+name                                   shape    flat indices
+=====================================  =======  ============
+transformer.wte.weight                 [25, 8]  [0..199]
+transformer.wpe.weight                 [16, 8]  [200..327]
+transformer.h.0.ln_1.weight            [8]      [328..335]
+transformer.h.0.ln_1.bias              [8]      [336..343]
+transformer.h.0.attn.c_attn.weight     [24, 8]  [344..535]
+transformer.h.0.attn.c_proj.weight     [8, 8]   [536..599]
+transformer.h.0.ln_2.weight            [8]      [600..607]
+transformer.h.0.ln_2.bias              [8]      [608..615]
+transformer.h.0.mlp.c_fc.weight        [8, 8]   [616..679]
+transformer.h.0.mlp.c_proj.weight      [8, 8]   [680..743]
+transformer.ln_f.weight                [8]      [744..751]
+transformer.ln_f.bias                  [8]      [752..759]
+lm_head.weight                         [25, 8]  [760..959]
+=====================================  =======  ============
+
+The original registers a causal-mask buffer in each attention layer; such entries
+(``...attn.bias``, ``...attn.mask``, ``...attn.masked_bias``) are ignored when loading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sgdjax.errors import ConfigError
+from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear, declared
+
+_STD = 0.02
+
+
+class LayerNorm(nn.Module):
+    """PyTorch LayerNorm over the last axis (biased variance, eps inside the square root)."""
+
+    features: int
+    eps: float = 1e-5
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param("weight", declared, (self.features,), self.param_dtype)
+        b = self.param("bias", declared, (self.features,), self.param_dtype)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * lax.rsqrt(var + self.eps) * w + b
+
+
+class Embedding(nn.Module):
+    num: int
+    features: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, idx: jax.Array) -> jax.Array:
+        table = self.param("weight", declared, (self.num, self.features), self.param_dtype)
+        return jnp.take(table, idx, axis=0)
+
+
+def _linear(n_in: int, n_out: int, dtype: Any, name: str) -> TorchLinear:
+    return TorchLinear(n_in, n_out, use_bias=False, param_dtype=dtype, name=name)
+
+
+class CausalSelfAttention(nn.Module):
+    n_embd: int
+    n_head: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, c = x.shape
+        hs = c // self.n_head
+        qkv = _linear(c, 3 * c, self.param_dtype, "c_attn")(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)  # q, k, v in that order, as the original
+
+        def heads(a: jax.Array) -> jax.Array:  # [B, T, C] -> [B, H, T, hs]
+            return a.reshape(b, t, self.n_head, hs).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        scores = (q @ k.swapaxes(-1, -2)) / jnp.asarray(math.sqrt(hs), dtype=q.dtype)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        scores = jnp.where(causal, scores, jnp.asarray(-jnp.inf, dtype=scores.dtype))
+        y = jax.nn.softmax(scores, axis=-1) @ v  # [B, H, T, hs]
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, c)
+        return _linear(c, c, self.param_dtype, "c_proj")(y)
+
+
+class MLPBlock(nn.Module):
+    n_embd: int
+    hidden: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = _linear(self.n_embd, self.hidden, self.param_dtype, "c_fc")(x)
+        h = jax.nn.gelu(h, approximate=False)
+        return _linear(self.hidden, self.n_embd, self.param_dtype, "c_proj")(h)
+
+
+class Block(nn.Module):
+    n_embd: int
+    n_head: int
+    mlp_hidden: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt, c = self.param_dtype, self.n_embd
+        x = x + CausalSelfAttention(c, self.n_head, dt, name="attn")(
+            LayerNorm(c, param_dtype=dt, name="ln_1")(x)
+        )
+        return x + MLPBlock(c, self.mlp_hidden, dt, name="mlp")(
+            LayerNorm(c, param_dtype=dt, name="ln_2")(x)
+        )
+
+
+class GPTModule(nn.Module):
+    """Flax tree: ``wte``, ``wpe``, ``h_0 .. h_{L-1}``, ``ln_f``, ``lm_head`` (torch names add the
+    ``transformer.`` prefix and write ``h.i``)."""
+
+    vocab_size: int
+    block_size: int
+    n_embd: int
+    n_head: int
+    n_layer: int
+    mlp_hidden: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, idx: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no dropout
+        dt, c = self.param_dtype, self.n_embd
+        t = idx.shape[-1]
+        x = Embedding(self.vocab_size, c, dt, name="wte")(idx)
+        x = x + Embedding(self.block_size, c, dt, name="wpe")(jnp.arange(t, dtype=jnp.int32))
+        for i in range(self.n_layer):
+            x = Block(c, self.n_head, self.mlp_hidden, dt, name=f"h_{i}")(x)
+        x = LayerNorm(c, param_dtype=dt, name="ln_f")(x)
+        return _linear(c, self.vocab_size, dt, "lm_head")(x)
+
+
+@dataclass(frozen=True)
+class NanoGPT(TorchLayoutModel):
+    """NanoGPT; defaults give the exp2 model with 960 parameters. Input: int tokens ``[B, T]``
+    with ``T <= block_size``; output: logits ``[B, T, vocab_size]``."""
+
+    vocab_size: int = 25
+    block_size: int = 16
+    n_embd: int = 8
+    n_head: int = 1
+    n_layer: int = 1
+    mlp_ratio: int = 1
+    name: str = "nanogpt"
+
+    ignored_state_dict_suffixes = (".attn.bias", ".attn.mask", ".attn.masked_bias")
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"nanogpt: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})."
+            )
+
+    @property
+    def layout(self) -> tuple[ParamSpec, ...]:
+        v, c, h = self.vocab_size, self.n_embd, self.n_embd * self.mlp_ratio
+        # every Linear weight and embedding N(0, 0.02²); LayerNorm weight 1, bias 0
+        n, one, zero = ("normal", _STD), ("ones", 0.0), ("zeros", 0.0)
+        specs = [
+            ParamSpec("transformer.wte.weight", ("wte", "weight"), (v, c), n),
+            ParamSpec("transformer.wpe.weight", ("wpe", "weight"), (self.block_size, c), n),
+        ]
+        for i in range(self.n_layer):
+            t, f = f"transformer.h.{i}.", f"h_{i}"
+            specs += [
+                ParamSpec(t + "ln_1.weight", (f, "ln_1", "weight"), (c,), one),
+                ParamSpec(t + "ln_1.bias", (f, "ln_1", "bias"), (c,), zero),
+                ParamSpec(t + "attn.c_attn.weight", (f, "attn", "c_attn", "weight"), (3 * c, c), n),
+                ParamSpec(t + "attn.c_proj.weight", (f, "attn", "c_proj", "weight"), (c, c), n),
+                ParamSpec(t + "ln_2.weight", (f, "ln_2", "weight"), (c,), one),
+                ParamSpec(t + "ln_2.bias", (f, "ln_2", "bias"), (c,), zero),
+                ParamSpec(t + "mlp.c_fc.weight", (f, "mlp", "c_fc", "weight"), (h, c), n),
+                ParamSpec(t + "mlp.c_proj.weight", (f, "mlp", "c_proj", "weight"), (c, h), n),
+            ]
+        specs += [
+            ParamSpec("transformer.ln_f.weight", ("ln_f", "weight"), (c,), one),
+            ParamSpec("transformer.ln_f.bias", ("ln_f", "bias"), (c,), zero),
+            ParamSpec("lm_head.weight", ("lm_head", "weight"), (v, c), n),
+        ]
+        return tuple(specs)
+
+    def module(self, param_dtype: Any = jnp.float32) -> nn.Module:
+        return GPTModule(
+            self.vocab_size,
+            self.block_size,
+            self.n_embd,
+            self.n_head,
+            self.n_layer,
+            self.n_embd * self.mlp_ratio,
+            param_dtype=param_dtype,
+        )
+
+    def featurize(self, x: jax.Array) -> jax.Array:
+        return jnp.asarray(x, dtype=jnp.int32)
+
+    def example_features(self, batch: int, dtype: Any = jnp.float32) -> jax.Array:
+        del dtype  # tokens are integers whatever the parameter dtype
+        return jnp.zeros((batch, self.block_size), dtype=jnp.int32)
+
+    def apply(
+        self, params: Any, state: Any, feats: jax.Array, *, train: bool
+    ) -> tuple[jax.Array, Any]:
+        if feats.shape[-1] > self.block_size:
+            raise ConfigError(
+                f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
+            )
+        return super().apply(params, state, feats, train=train)
+
+    def generate(
+        self,
+        params: Any,
+        idx: jax.Array,
+        key: jax.Array,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+    ) -> jax.Array:
+        """Sample ``max_new_tokens`` tokens after the prompt ``idx [B, T0]`` → ``[B, T0+new]``.
+
+        Pure and jit-friendly: one ``lax.scan`` step per token over a fixed-size window of
+        ``block_size`` tokens. While the sequence is shorter than the window, the window starts
+        at 0 and the causal mask keeps the not-yet-written tail from affecting the read position;
+        afterwards it holds the last ``block_size`` tokens, as the original crops its context.
+        """
+        idx = jnp.asarray(idx, dtype=jnp.int32)
+        b, t0 = idx.shape
+        total = t0 + max_new_tokens
+        buf = jnp.zeros((b, max(total, self.block_size)), dtype=jnp.int32).at[:, :t0].set(idx)
+        module = self.module(self.param_dtype(params))
+
+        def step(buf: jax.Array, inp: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+            length, k = inp
+            start = jnp.maximum(length - self.block_size, 0)
+            window = lax.dynamic_slice_in_dim(buf, start, self.block_size, axis=1)
+            logits = module.apply({"params": params}, window)
+            last = lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)
+            nxt = jax.random.categorical(k, last / temperature, axis=-1).astype(jnp.int32)
+            return lax.dynamic_update_slice_in_dim(buf, nxt[:, None], length, axis=1), None
+
+        lengths = jnp.arange(t0, total, dtype=jnp.int32)
+        buf, _ = lax.scan(step, buf, (lengths, jax.random.split(key, max_new_tokens)))
+        return buf[:, :total]

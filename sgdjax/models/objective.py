@@ -1,0 +1,46 @@
+"""The training objective on the flat parameter vector.
+
+``make_loss_fn`` returns the function the engine differentiates (``jax.grad(..., has_aux=True)``)
+and the Hessian code differentiates twice (``jax.hessian``): it takes the flat vector in the
+original's coordinates, so gradients and Hessians come out in those coordinates too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sgdjax.models.base import TorchLayoutModel
+
+LossFn = Callable[[jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over every target (``logits [..., C]``, int ``labels [...]``)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)
+    return -jnp.mean(picked)
+
+
+def num_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Number of targets whose arg-max logit is the label (int32 scalar)."""
+    return jnp.sum(jnp.argmax(logits, axis=-1) == labels).astype(jnp.int32)
+
+
+def make_loss_fn(model: TorchLayoutModel, *, train: bool) -> LossFn:
+    """``f(w_flat, state, x, y) -> (loss, (new_state, n_correct))``.
+
+    ``x`` are features (``model.featurize`` output), ``y`` integer labels; with ``train=True``
+    BatchNorm uses batch statistics and ``new_state`` carries the updated running statistics.
+    """
+
+    def loss_fn(
+        w_flat: jax.Array, state: Any, x: jax.Array, y: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        logits, new_state = model.apply(model.unflatten(w_flat), state, x, train=train)
+        return cross_entropy(logits, y), (new_state, num_correct(logits, y))
+
+    return loss_fn
