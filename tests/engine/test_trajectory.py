@@ -172,7 +172,7 @@ def test_diverging_run_is_frozen_and_reported(problem):
                            Recorder(params_every=1, val_every=10),
                            eval_loss=make_loss_fn(model, train=False))
     keys = run_keys(0, "many_runs", 2)
-    out = vmapped(traj)(w0, state, keys, jnp.asarray([0.1, 1e6], jnp.float32), data)
+    out = vmapped(traj)(w0, state, keys, jnp.asarray([0.1, 1e30], jnp.float32), data)
     assert int(out.diverged_at[0]) == -1
     t = int(out.diverged_at[1])
     assert 0 <= t < 40
