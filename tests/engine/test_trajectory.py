@@ -177,6 +177,6 @@ def test_diverging_run_is_frozen_and_reported(problem):
     t = int(out.diverged_at[1])
     assert 0 <= t < 40
     loss = np.asarray(out.records["loss"][1])
-    assert np.all(np.isfinite(loss[: t + 1])) and np.all(np.isnan(loss[t + 1:]))
+    assert np.all(np.isfinite(loss[:t])) and np.all(np.isnan(loss[t + 1:]))
     assert np.all(np.isfinite(np.asarray(out.params[1])))  # frozen at the last finite point
     assert np.all(np.isfinite(np.asarray(out.records["loss"][0])))
