@@ -70,7 +70,20 @@ class Embedding(nn.Module):
     @nn.compact
     def __call__(self, idx: jax.Array) -> jax.Array:
         table = self.param("weight", declared, (self.num, self.features), self.param_dtype)
-        return jnp.take(table, idx, axis=0)
+        # A one-hot matmul instead of a gather: its derivatives are matmuls too, where a gather's
+        # are scatter-adds, which XLA's CPU backend runs serially -- 10x slower Hessians.
+        return jax.nn.one_hot(idx, self.num, dtype=table.dtype) @ table
+
+
+class PositionEmbedding(nn.Module):
+    num: int
+    features: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, t: int) -> jax.Array:
+        table = self.param("weight", declared, (self.num, self.features), self.param_dtype)
+        return table[:t]  # positions 0..t-1: a static slice, no gather
 
 
 def _linear(n_in: int, n_out: int, dtype: Any, name: str) -> TorchLinear:
@@ -148,7 +161,7 @@ class GPTModule(nn.Module):
         dt, c = self.param_dtype, self.n_embd
         t = idx.shape[-1]
         x = Embedding(self.vocab_size, c, dt, name="wte")(idx)
-        x = x + Embedding(self.block_size, c, dt, name="wpe")(jnp.arange(t, dtype=jnp.int32))
+        x = x + PositionEmbedding(self.block_size, c, dt, name="wpe")(t)
         for i in range(self.n_layer):
             x = Block(c, self.n_head, self.mlp_hidden, dt, name=f"h_{i}")(x)
         x = LayerNorm(c, param_dtype=dt, name="ln_f")(x)
