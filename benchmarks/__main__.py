@@ -83,7 +83,17 @@ def main(argv: list[str] | None = None) -> list[Any]:
           f"CPU(s), load average {info['loadavg_at_start'][0]:.1f}; PyTorch reference with "
           f"{'/'.join(map(str, threads))} thread(s), loader={args.loader}", flush=True)
 
+    done: list[Any] = []
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"machine": info, "args": vars(args),
+                           "results": [asdict(r) for r in done]}, fh, indent=2)
+
     def progress(r: Any) -> None:
+        done.append(r)
+        save()  # after every workload: a long run interrupted keeps what it measured
         print(f"  done {r.workload} {r.dtype}: sgdjax {r.jax_rate:.4g} {r.unit}, PyTorch "
               f"{r.torch_rate[str(threads[0])]:.4g}, ratio {r.ratio:.1f}x, "
               f"{'agree' if r.agree else 'DISAGREE'}", flush=True)
@@ -94,9 +104,6 @@ def main(argv: list[str] | None = None) -> list[Any]:
     print()
     print(format_table(results, threads))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": info, "args": vars(args),
-                       "results": [asdict(r) for r in results]}, fh, indent=2)
         print(f"\nwrote {args.json}")
     if not all(r.agree for r in results):
         print("\nsgdjax and the reference DISAGREE on: "

@@ -22,6 +22,7 @@ from sgdjax.stages.train_sgd import CHECKPOINT as SGD_CHECKPOINT
 from sgdjax.stages.train_sgd import diverged_error
 
 CHECKPOINT = "initial_after_sgd_and_gd.npz"
+GD_SEGMENT = 500
 LOGS = "logs_gd.json"
 
 
@@ -56,22 +57,38 @@ def run(ctx: Context) -> dict[str, Any]:
     train_loss, eval_loss = ctx.loss_fns()
     data = ctx.data()
     steps = cfg.epochs_gd
-    fn = jax.jit(make_trajectory(
-        train_loss, ctx.sampler("full"), steps, Recorder(grad_norm=True, val_every=1),
-        eval_loss=eval_loss,
-    ))
     key = run_keys(cfg.seed, "gd", 1)[0]
+    lr = jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype])
+    # Compiled calls of GD_SEGMENT steps: progress is visible and one shape compiles once.
+    fns: dict[int, Any] = {}
+    pieces: list[dict[str, np.ndarray]] = []
+    w, state, done, diverged_at = w0, state0, 0, -1
     with ctx.progress("stage 2 GD", steps, unit="steps") as bar:
-        traj = fn(w0, state0, key, jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype]), data)
-        rec = jax.tree.map(np.asarray, traj.records)
-        bar.update(steps)
+        while done < steps and diverged_at < 0:
+            n = min(GD_SEGMENT, steps - done)
+            if n not in fns:
+                fns[n] = jax.jit(make_trajectory(
+                    train_loss, ctx.sampler("full"), n, Recorder(grad_norm=True, val_every=1),
+                    eval_loss=eval_loss,
+                ))
+            traj = fns[n](w, state, key, lr, data, done)
+            pieces.append(jax.tree.map(np.asarray, traj.records))
+            w, state = traj.params, traj.state
+            if int(traj.diverged_at) >= 0:
+                diverged_at = int(traj.diverged_at)
+            done += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(pieces[-1]['loss'][-1]):.4g}",
+                            grad_norm=f"{float(pieces[-1]['grad_norm'][-1]):.3g}")
+    rec = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]} if pieces else {
+        "loss": np.zeros(0), "val_loss": np.zeros(0), "val_acc": np.zeros(0),
+        "grad_norm": np.zeros(0)}
     logs = gd_logs(ctx, rec, w0, state0, data)
-    diverged_at = int(traj.diverged_at)
     if diverged_at >= 0:
         store.save_json(LOGS, dict(logs, diverged_at_step=diverged_at))
         raise diverged_error("stage 2 (GD)", diverged_at, cfg.lr, "lr")
 
-    ctx.save_checkpoint(CHECKPOINT, traj.params, traj.state)
+    ctx.save_checkpoint(CHECKPOINT, w, state)
     store.save_json(LOGS, logs)
     store.save_npy("grad_norms_gd.npy", np.asarray(logs["grad_norms"], np.float64))
     store.save_figure("loss_acc_gd.png", plots.loss_acc_gd(logs))
