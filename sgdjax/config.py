@@ -47,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "stage3_sampler": ("auto", "default", "replacement"),
     "lr_streams": ("common", "independent"),
     "log_point": ("original", "pre_update"),
+    "curvature_batch": ("step", "full"),
 }
 
 
@@ -121,6 +122,16 @@ class SetupConfig:
     record_every: int = 1
     #: Also store the dense minibatch Hessians of stage 3 (the eigenvalues are always stored).
     store_hessians: bool = True
+    #: Curvature along training (stages 1, 2, 4): every this many steps record the top
+    #: ``curvature_k`` Hessian eigenvalues by Lanczos (0 = off), e.g. for λ_max vs 2/lr.
+    curvature_every: int = 0
+    curvature_k: int = 1
+    #: Lanczos steps per measurement (0 = 2k + 20).
+    curvature_iters: int = 0
+    #: Hutchinson probes for a trace estimate per measurement (0 = no trace).
+    curvature_probes: int = 0
+    #: Whose Hessian: the step's minibatch ("step") or the whole training set ("full").
+    curvature_batch: str = "step"
     #: Number of exp2 val-distribution points (the original's bash passes 50).
     val_dist_points: int = 50
 
@@ -178,7 +189,7 @@ def validate(cfg: SetupConfig) -> None:
             raise ConfigError(f"{key}={getattr(cfg, key)} must be a positive integer.")
     non_negative = (
         "epochs_sgd", "epochs_gd", "hessian_steps", "many_runs_steps", "many_runs_samples",
-        "val_every", "chunk_runs",
+        "val_every", "chunk_runs", "curvature_every", "curvature_iters", "curvature_probes",
     )
     for key in non_negative:
         if getattr(cfg, key) < 0:
@@ -201,6 +212,8 @@ def validate(cfg: SetupConfig) -> None:
     if cfg.model in ("mlp", "cnn") and cfg.dataset_train == "shakespeare":
         raise ConfigError(f"model={cfg.model} is an image model; dataset_train=shakespeare "
                           "needs model=nanogpt.")
+    if cfg.curvature_k < 1:
+        raise ConfigError(f"curvature_k={cfg.curvature_k} must be at least 1.")
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}.")
 

@@ -162,6 +162,23 @@ def grad_norm_loglog(grad_norms: Any, title: str = "Stage 2: full-batch gradient
     return fig
 
 
+def sharpness(steps: Any, eigs: Any, lr: float, title: str) -> Figure:
+    """Top Hessian eigenvalues measured along training against the stability threshold 2/lr
+    (the "edge of stability" picture): GD on a quadratic diverges once λ_max > 2/lr."""
+    t = _arr(steps)
+    e = np.atleast_2d(_arr(eigs).reshape(len(t), -1))
+    fig, (ax,) = _figure(1)
+    for j in range(e.shape[1]):
+        ax.plot(t, e[:, j], lw=1.3 if j == 0 else 0.9, color=f"C{j % 10}",
+                label=r"$\lambda_{\max}$" if j == 0 else rf"$\lambda_{{{j + 1}}}$")
+    ax.axhline(2.0 / lr, color="k", ls="--", lw=1, label=f"2/lr = {_fmt(2.0 / lr)}")
+    finite = e[np.isfinite(e)]
+    if finite.size:
+        ax.set_ylim(min(0.0, finite.min()) * 1.05, max(finite.max(), 2.0 / lr) * 1.1)
+    _finish(ax, xlabel="step", ylabel="Hessian eigenvalue", title=title, legend=True)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # stage 3: concatenated curve and Hessian eigenvalue tubes
 

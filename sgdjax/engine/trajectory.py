@@ -68,6 +68,11 @@ class Recorder:
     eigvals: bool = False
     val_every: int = 0
     val_batch: int = 1024
+    curvature_every: int = 0
+    curvature_k: int = 1
+    curvature_iters: int = 0
+    curvature_probes: int = 0
+    curvature_batch: str = "step"
 
 
 class Trajectory(NamedTuple):
@@ -115,6 +120,71 @@ def evaluate(
     return total_loss / n, acc
 
 
+def make_curvature_probe(train_loss: LossFn, rec: Recorder) -> Callable[..., dict[str, Any]]:
+    """``probe(w, state, x, y, key, prev_vecs) -> {"curv_eigs", "curv_trace", "vecs"}``.
+
+    Lanczos starts from the sum of the previous measurement's top vectors when there is one
+    (``prev_vecs`` nonzero): along a trajectory the top eigenspace moves slowly, so the warm
+    start converges in fewer steps; the very first measurement starts from a random vector."""
+    from sgdjax.analysis.hessian import hutchinson_trace, make_hvp, top_eigenpairs
+
+    k = rec.curvature_k
+    iters = rec.curvature_iters
+
+    def probe(w: jax.Array, state: Any, x: jax.Array, y: jax.Array, key: jax.Array,
+              prev: jax.Array) -> dict[str, Any]:
+        dim = w.shape[0]
+        n_iter = min(dim, iters or max(2 * k + 20, 3 * k))
+        mv = make_hvp(lambda v: train_loss(v, state, x, y)[0], w)
+        k_lanczos, k_trace = jax.random.split(key)
+        rand = jax.random.normal(k_lanczos, (dim,), w.dtype)
+        warm = jnp.sum(prev / jnp.maximum(jnp.linalg.norm(prev, axis=1, keepdims=True), 1e-30),
+                       axis=0)
+        has_prev = jnp.any(prev != 0)
+        v0 = jnp.where(has_prev, warm, rand)
+        v0 = v0 / jnp.linalg.norm(v0)
+        vals, vecs = top_eigenpairs(mv, dim, k, num_iters=n_iter, key=k_lanczos, v0=v0,
+                                    dtype=w.dtype)
+        out = {"curv_eigs": vals, "vecs": vecs}
+        if rec.curvature_probes:
+            out["curv_trace"] = hutchinson_trace(mv, dim, rec.curvature_probes, k_trace,
+                                                 dtype=w.dtype)[0]
+        return out
+
+    return probe
+
+
+def blocks(
+    carry: Any,
+    first: jax.Array,
+    n: int,
+    length: int,
+    body: Callable[[Any, jax.Array], tuple[Any, dict, dict]],
+    tail: Callable[[Any, jax.Array], tuple[Any, dict]],
+) -> tuple[Any, dict[str, Any]]:
+    """Scan ``body`` over ``n`` blocks of ``length`` steps starting at step ``first``, then run
+    ``tail`` on the remaining steps.
+
+    ``body(carry, block_first) -> (carry, own, nested)``: ``own`` records come once per block
+    (validation, curvature), ``nested`` ones are already in step order within the block and are
+    flattened across blocks. The result has every record in step order along axis 0."""
+    records: dict[str, Any] = {}
+    if n:
+        def scan_body(c: Any, b: jax.Array) -> tuple[Any, tuple[dict, dict]]:
+            c, own, nested = body(c, first + b * length)
+            return c, (own, nested)
+
+        carry, (own, nested) = jax.lax.scan(scan_body, carry, jnp.arange(n, dtype=jnp.int32))
+        records = dict(own)
+        records.update({k: jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), v)
+                        for k, v in nested.items()})
+    carry, rest = tail(carry, first + n * length)
+    for k, v in rest.items():
+        records[k] = v if k not in records else jax.tree.map(
+            lambda a, b: jnp.concatenate([a, b]), records[k], v)
+    return carry, records
+
+
 def make_trajectory(
     train_loss: LossFn,
     sampler: Sampler,
@@ -134,14 +204,17 @@ def make_trajectory(
     rec = recorder
     if rec.val_every and eval_loss is None:
         raise ValueError("val_every needs an eval_loss")
-    block = rec.val_every if rec.val_every else max(num_steps, 1)
-    if rec.params_every and block % rec.params_every:
+    if rec.val_every and rec.curvature_every and rec.curvature_every % rec.val_every:
+        raise ValueError(f"curvature_every={rec.curvature_every} must be a multiple of "
+                         f"val_every={rec.val_every}")
+    inner = rec.val_every or rec.curvature_every or max(num_steps, 1)
+    if rec.params_every and inner % rec.params_every:
         raise ValueError(
-            f"params_every={rec.params_every} must divide the block length {block} "
-            "(val_every, or the number of steps when not validating)"
+            f"params_every={rec.params_every} must divide the block length {inner} "
+            "(val_every, else curvature_every, else the number of steps)"
         )
-    n_blocks, tail = divmod(num_steps, block)
     full_batch = sampler.kind == "full"
+    measure = make_curvature_probe(train_loss, rec) if rec.curvature_every else None
 
     grad_fn = jax.value_and_grad(train_loss, has_aux=True)
 
@@ -211,40 +284,60 @@ def make_trajectory(
                         outs[name] = jax.tree.map(lambda a: a[:: rec.params_every], outs[name])
             return outs
 
-        def run_block(carry: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
+        def steps_span(carry: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
             carry, outs = jax.lax.scan(step, carry, first + jnp.arange(length, dtype=jnp.int32))
             return carry, thin(outs)
 
-        def block_with_val(carry: tuple, b: jax.Array) -> tuple[tuple, dict]:
-            carry, outs = run_block(carry, b * block, block)
+        def validated(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
+            carry, outs = steps_span(carry, first, rec.val_every)
             w, state, _, diverged_at = carry
             vl, va = evaluate(eval_loss, w, state, data.val_x, data.val_y, rec.val_batch)
             frozen = diverged_at >= 0
-            outs["val_loss"] = jnp.where(frozen, jnp.nan, vl)
-            outs["val_acc"] = jnp.where(frozen, jnp.nan, va)
-            return carry, outs
+            own = {"val_loss": jnp.where(frozen, jnp.nan, vl),
+                   "val_acc": jnp.where(frozen, jnp.nan, va)}
+            return carry, own, outs
+
+        def val_span(carry: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
+            """``length`` steps with validation after every ``val_every``-th."""
+            if not rec.val_every:
+                return steps_span(carry, first, length) if length else (carry, {})
+            n, tail = divmod(length, rec.val_every)
+            return blocks(carry, first, n, rec.val_every, validated,
+                          lambda c, f: steps_span(c, f, tail) if tail else (c, {}))
+
+        def curvature_block(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
+            (w, state, ostate, diverged_at), vecs = carry
+            xb, yb = batch_at(first)
+            # A stream of its own: the samplers use fold_in(key, step) and fold_in(key, epoch).
+            ckey = jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), start + first)
+            curv = measure(w, state, xb, yb, ckey, vecs)
+            frozen = diverged_at >= 0
+            own = {k: _mask_if(frozen, v) for k, v in curv.items() if k != "vecs"}
+            inner, nested = val_span((w, state, ostate, diverged_at), first, rec.curvature_every)
+            return (inner, curv["vecs"]), own, nested
+
+        def curvature_tail(c: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
+            if not length:
+                return c, {}
+            inner, outs = val_span(c[0], first, length)
+            return (inner, c[1]), outs
+
+        def batch_at(i: jax.Array) -> tuple[jax.Array, jax.Array]:
+            if full_batch or rec.curvature_batch == "full":
+                return data.train_x, data.train_y
+            idx = indices[i]
+            return data.train_x[idx], data.train_y[idx]
 
         carry = (w0, state0, opt_state, jnp.asarray(-1, jnp.int32))
-        pieces: list[dict[str, jax.Array]] = []
-        if n_blocks:
-            body = block_with_val if rec.val_every else (
-                lambda c, b: run_block(c, b * block, block)
+        if rec.curvature_every:
+            n_c, tail_c = divmod(num_steps, rec.curvature_every)
+            vecs0 = jnp.zeros((rec.curvature_k, w0.shape[0]), w0.dtype)
+            (carry, _), records = blocks(
+                (carry, vecs0), jnp.int32(0), n_c, rec.curvature_every, curvature_block,
+                lambda c, f: curvature_tail(c, f, tail_c),
             )
-            carry, outs = jax.lax.scan(body, carry, jnp.arange(n_blocks, dtype=jnp.int32))
-            # [n_blocks, block, ...] -> [n_blocks * block, ...]; validation stays per block.
-            pieces.append({
-                k: v if k.startswith("val_") else jax.tree.map(
-                    lambda a: a.reshape(-1, *a.shape[2:]), v)
-                for k, v in outs.items()
-            })
-        if tail:
-            carry, outs = run_block(carry, jnp.asarray(n_blocks * block, jnp.int32), tail)
-            pieces.append(outs)
-        records: dict[str, Any] = {}
-        for k in pieces[0] if pieces else ():
-            parts = [p[k] for p in pieces if k in p]
-            records[k] = parts[0] if len(parts) == 1 else jax.tree.map(
-                lambda *a: jnp.concatenate(a), *parts)
+        else:
+            carry, records = val_span(carry, jnp.int32(0), num_steps)
         w, state, ostate, diverged_at = carry
         return Trajectory(w, state, ostate, records, diverged_at)
 

@@ -18,8 +18,8 @@ import numpy as np
 from sgdjax.config import SetupConfig
 from sgdjax.data import load_mnist, load_mnist_similar, load_shakespeare
 from sgdjax.data.sampling import Sampler, make_sampler
-from sgdjax.engine.trajectory import Data
-from sgdjax.errors import SgdjaxError
+from sgdjax.engine.trajectory import Data, Recorder
+from sgdjax.errors import ConfigError, SgdjaxError
 from sgdjax.models import build_model
 from sgdjax.models.objective import make_loss_fn
 from sgdjax.progress import Progress
@@ -119,6 +119,37 @@ class Context:
         if option == "auto":
             option = self.cfg.dataloader if self.cfg.dataset_train == "shakespeare" else "default"
         return self.sampler(option)
+
+    def recorder(self, block: int, **fields: Any) -> Recorder:
+        """A Recorder with the setup's curvature tracking; ``block`` is the stage's validation
+        cadence, which ``curvature_every`` must be a multiple of."""
+        c = self.cfg
+        if c.curvature_every and c.curvature_every % block:
+            raise ConfigError(
+                f"curvature_every={c.curvature_every} must be a multiple of this stage's "
+                f"validation cadence ({block} steps), e.g. --set curvature_every={block * 10}."
+            )
+        return Recorder(
+            **fields, curvature_every=c.curvature_every, curvature_k=c.curvature_k,
+            curvature_iters=c.curvature_iters, curvature_probes=c.curvature_probes,
+            curvature_batch=c.curvature_batch,
+        )
+
+    def save_curvature(self, name: str, records: list[dict[str, np.ndarray]], first_step: int,
+                       lr: float, title: str) -> None:
+        """Curvature measured along a single run: ``{name}.npz`` (steps, eigs [n, k], trace)
+        and ``{name}.png`` (λ_max against 2/lr)."""
+        from sgdjax import plots
+
+        if not self.cfg.curvature_every or not records:
+            return
+        eigs = np.concatenate([r["curv_eigs"] for r in records])
+        arrays = {"steps": first_step + self.cfg.curvature_every * np.arange(len(eigs)),
+                  "eigs": eigs}
+        if "curv_trace" in records[0]:
+            arrays["trace"] = np.concatenate([r["curv_trace"] for r in records])
+        self.store.save_npz(f"{name}.npz", arrays)
+        self.store.save_figure(f"{name}.png", plots.sharpness(arrays["steps"], eigs, lr, title))
 
     def progress(self, desc: str, total: int, unit: str = "run-steps") -> Progress:
         return Progress(desc, total, unit=unit, enabled=self.show_progress)

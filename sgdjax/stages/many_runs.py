@@ -37,7 +37,7 @@ from sgdjax.engine.ensemble import (
     run_mesh,
     vmapped,
 )
-from sgdjax.engine.trajectory import Recorder, make_trajectory
+from sgdjax.engine.trajectory import make_trajectory
 from sgdjax.stages.common import DTYPES, Context
 from sgdjax.stages.train_gd import CHECKPOINT as GD_CHECKPOINT
 from sgdjax.store import StreamedArray, lr_tag, pending_chunks
@@ -74,6 +74,10 @@ def files(ctx: Context, lr: float) -> dict[str, str]:
     }
     for name in state_names(ctx):
         out[f"state/{name}"] = f"sgd_bn_{name}_lr{tag}.npy"
+    if ctx.cfg.curvature_every:
+        out["curv_eigs"] = f"sgd_curv_eigs_lr{tag}.npy"
+        if ctx.cfg.curvature_probes:
+            out["curv_trace"] = f"sgd_curv_trace_lr{tag}.npy"
     return out
 
 
@@ -107,7 +111,7 @@ def run(ctx: Context) -> dict[str, Any]:
         )
     traj = make_trajectory(
         train_loss, ctx.sampler(cfg.dataloader), steps,
-        Recorder(params_every=k, val_every=ve), eval_loss=eval_loss,
+        ctx.recorder(ve, params_every=k, val_every=ve), eval_loss=eval_loss,
     )
     fn = vmapped(traj)
     one_key = run_keys(cfg.seed, "many_runs", 1)[0]

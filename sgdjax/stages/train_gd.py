@@ -16,7 +16,7 @@ import numpy as np
 
 from sgdjax import plots
 from sgdjax.engine.ensemble import run_keys
-from sgdjax.engine.trajectory import Data, Recorder, evaluate, make_trajectory
+from sgdjax.engine.trajectory import Data, evaluate, make_trajectory
 from sgdjax.stages.common import DTYPES, Context
 from sgdjax.stages.train_sgd import CHECKPOINT as SGD_CHECKPOINT
 from sgdjax.stages.train_sgd import diverged_error
@@ -60,15 +60,18 @@ def run(ctx: Context) -> dict[str, Any]:
     key = run_keys(cfg.seed, "gd", 1)[0]
     lr = jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype])
     # Compiled calls of GD_SEGMENT steps: progress is visible and one shape compiles once.
+    seg = GD_SEGMENT
+    if cfg.curvature_every:  # whole curvature blocks per call keep the cadence global
+        seg = max(cfg.curvature_every, seg // cfg.curvature_every * cfg.curvature_every)
     fns: dict[int, Any] = {}
     pieces: list[dict[str, np.ndarray]] = []
     w, state, done, diverged_at = w0, state0, 0, -1
     with ctx.progress("stage 2 GD", steps, unit="steps") as bar:
         while done < steps and diverged_at < 0:
-            n = min(GD_SEGMENT, steps - done)
+            n = min(seg, steps - done)
             if n not in fns:
                 fns[n] = jax.jit(make_trajectory(
-                    train_loss, ctx.sampler("full"), n, Recorder(grad_norm=True, val_every=1),
+                    train_loss, ctx.sampler("full"), n, ctx.recorder(1, grad_norm=True, val_every=1),
                     eval_loss=eval_loss,
                 ))
             traj = fns[n](w, state, key, lr, data, done)
@@ -80,7 +83,9 @@ def run(ctx: Context) -> dict[str, Any]:
             bar.update(n)
             bar.set_postfix(loss=f"{float(pieces[-1]['loss'][-1]):.4g}",
                             grad_norm=f"{float(pieces[-1]['grad_norm'][-1]):.3g}")
-    rec = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]} if pieces else {
+    curvature = [{k: v for k, v in p.items() if k.startswith("curv_")} for p in pieces
+                 if "curv_eigs" in p]
+    rec = {k: np.concatenate([p[k] for p in pieces if k in p]) for k in pieces[0]} if pieces else {
         "loss": np.zeros(0), "val_loss": np.zeros(0), "val_acc": np.zeros(0),
         "grad_norm": np.zeros(0)}
     logs = gd_logs(ctx, rec, w0, state0, data)
@@ -92,6 +97,8 @@ def run(ctx: Context) -> dict[str, Any]:
     store.save_json(LOGS, logs)
     store.save_npy("grad_norms_gd.npy", np.asarray(logs["grad_norms"], np.float64))
     store.save_figure("loss_acc_gd.png", plots.loss_acc_gd(logs))
+    ctx.save_curvature("curvature_gd", curvature, 0, cfg.lr,
+                       "stage 2 GD: top Hessian eigenvalues")
     store.save_figure("grad_norm_loglog_gd.png",
                       plots.grad_norm_loglog(np.asarray(logs["grad_norms"]), "GD gradient norm"))
     return {

@@ -49,6 +49,9 @@ def run(ctx: Context) -> dict[str, Any]:
     spe = ctx.steps_per_epoch
     total_epochs = cfg.epochs_sgd
     seg_epochs = max(1, cfg.steps_per_call // spe)
+    if cfg.curvature_every:  # segments hold whole curvature blocks, so the cadence is global
+        per = cfg.curvature_every // spe if cfg.curvature_every % spe == 0 else 1
+        seg_epochs = max(per, seg_epochs // per * per)
     train_loss, eval_loss = ctx.loss_fns()
     sampler = ctx.stage_sampler(cfg.stage1_sampler)
     data = ctx.data()
@@ -66,13 +69,15 @@ def run(ctx: Context) -> dict[str, Any]:
     done = len(logs["train_losses"])
 
     fns: dict[int, Any] = {}
+    curvature: list[dict[str, np.ndarray]] = []
+    first_curvature_step = done * spe
     bar = ctx.progress("stage 1 SGD", (total_epochs - done) * spe, unit="steps")
     with bar:
         while done < total_epochs:
             n_epochs = min(seg_epochs, total_epochs - done)
             if n_epochs not in fns:
                 fns[n_epochs] = jax.jit(make_trajectory(
-                    train_loss, sampler, n_epochs * spe, Recorder(val_every=spe),
+                    train_loss, sampler, n_epochs * spe, ctx.recorder(spe, val_every=spe),
                     eval_loss=eval_loss,
                 ))
             traj = fns[n_epochs](w, state, key, lr, data, done * spe)
@@ -80,6 +85,8 @@ def run(ctx: Context) -> dict[str, Any]:
             logs["train_losses"] += rec["loss"].reshape(n_epochs, spe).mean(axis=1).tolist()
             logs["val_losses"] += rec["val_loss"].tolist()
             logs["val_accs"] += rec["val_acc"].tolist()
+            if "curv_eigs" in rec:
+                curvature.append({k: v for k, v in rec.items() if k.startswith("curv_")})
             w, state = traj.params, traj.state
             done += n_epochs
             bar.update(n_epochs * spe)
@@ -96,6 +103,8 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.save_checkpoint(CHECKPOINT, w, state)
     store.save_json(LOGS, logs)
     store.save_figure("loss_acc_sgd.png", plots.loss_acc_sgd(logs))
+    ctx.save_curvature("curvature_sgd", curvature, first_curvature_step, cfg.lr,
+                       "stage 1 SGD: top Hessian eigenvalues")
     store.remove(RESUME)
     return {
         "steps": total_epochs * spe,
