@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sgdjax.analysis.hessian import dense_hessian
 from sgdjax.data.sampling import Sampler
 
 # f(w_flat, state, x, y) -> (loss, (new_state, n_correct))
@@ -68,6 +69,7 @@ class Recorder:
     eigvals: bool = False
     val_every: int = 0
     val_batch: int = 1024
+    hessian_chunk: int = 0
     curvature_every: int = 0
     curvature_k: int = 1
     curvature_iters: int = 0
@@ -254,11 +256,12 @@ def make_trajectory(
             if rec.grad_norm:
                 out["grad_norm"] = jnp.sqrt(jnp.sum(g * g))
             if rec.hessian or rec.eigvals:
-                h = jax.hessian(lambda v: train_loss(v, state, xb, yb)[0])(w)
+                h = dense_hessian(lambda v: train_loss(v, state, xb, yb)[0], w,
+                                  batch_size=rec.hessian_chunk or None)
                 if rec.hessian:
                     out["hessian"] = h
                 if rec.eigvals:
-                    out["eigvals"] = jnp.linalg.eigvalsh(0.5 * (h + h.T))
+                    out["eigvals"] = jnp.linalg.eigvalsh(h)
             updates, new_ostate = opt.update(g, ostate, w)
             new_w = optax.apply_updates(w, updates)
 
