@@ -91,7 +91,10 @@ def check_consistent(store: Any, cfg: SetupConfig, force: bool) -> None:
     if not old or force:
         return
     new = cfg.to_dict()
-    changed = sorted(k for k in new if k not in EXECUTION_KEYS and old.get(k) != new[k])
+    # Keys a newer sgdjax added are absent from older manifests: their defaults match.
+    defaults = SetupConfig().to_dict()
+    changed = sorted(k for k in new if k not in EXECUTION_KEYS
+                     and old.get(k, defaults[k]) != new[k])
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:6])
         raise ConfigError(
