@@ -82,6 +82,9 @@ def run_stages(ctx: Any, stages: Sequence[Stage], log: Any = print) -> dict[str,
             results[stage.name] = {"skipped": True,
                                    **ctx.store.manifest().get("stages", {}).get(stage.name, {})}
             continue
+        if ctx.force:  # recompute from scratch: no finished file or partial chunk is reused
+            for name in module.outputs(ctx):
+                ctx.store.remove(name, f"{name}.partial", f"{name}.progress.json")
         log(f"stage {stage.number} ({stage.name}): {stage.title}")
         t0 = time.perf_counter()
         info = module.run(ctx) or {}
