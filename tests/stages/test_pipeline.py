@@ -131,12 +131,12 @@ def test_interrupted_ensemble_resumes_to_identical_arrays(base_dir, tmp_path, re
     shutil.copytree(base_dir, out)
     real = many_runs.run_chunks
 
-    def stop_after_first_chunk(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress):
+    def stop_after_first_chunk(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, *rest):
         def once(c, rows, traj):
             on_chunk(c, rows, traj)
             raise KeyboardInterrupt
 
-        return real(fn, w0, s0, keys, lrs, data, size, chunks, once, progress)
+        return real(fn, w0, s0, keys, lrs, data, size, chunks, once, *rest)
 
     monkeypatch.setattr(many_runs, "run_chunks", stop_after_first_chunk)
     assert run_cli(out, "--stages", "4", overrides=overrides) == 130
@@ -147,10 +147,10 @@ def test_interrupted_ensemble_resumes_to_identical_arrays(base_dir, tmp_path, re
 
     seen = []
 
-    def count_chunks(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress):
+    def count_chunks(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, *rest):
         chunks = list(chunks)
         seen.append(chunks)
-        return real(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, progress)
+        return real(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, *rest)
 
     monkeypatch.setattr(many_runs, "run_chunks", count_chunks)
     assert run_cli(out, "--stages", "4", overrides=overrides) == 0
