@@ -1,4 +1,5 @@
-from sgdjax.run import main
 import sys
+
+from sgdjax.run import main
 
 sys.exit(main())

@@ -19,7 +19,6 @@ from typing import Any, get_args, get_origin, get_type_hints
 from sgdjax.errors import ConfigError, did_you_mean
 
 
-
 def _experiments_dir() -> Path:
     """Where setup files live: $SGDJAX_EXPERIMENTS, else the checkout's ``experiments/``, else
     ``./experiments`` (for a non-editable install run from a checkout)."""
@@ -292,7 +291,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         _check_key(key, "--set")
         if key in ("experiment", "setup"):
-            raise ConfigError(f"--set {key}=... is not allowed; name the setup on the command line.")
+            raise ConfigError(
+                f"--set {key}=... is not allowed; name the setup on the command line.")
         out[key] = _coerce(key, value.strip().strip("'\""))
     return out
 

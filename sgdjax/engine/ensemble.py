@@ -17,7 +17,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -123,7 +122,7 @@ def run_chunks(
             k, lr = jax.device_put((k, lr), by_run)
         t0 = time.perf_counter()
         out = fn(w0, state0, k, lr, data)
-        out = jax.tree.map(lambda a: np.asarray(a)[:count], out)
+        out = jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out)
         on_chunk(c, rows, out)
         if progress is not None:
             progress(count, time.perf_counter() - t0)

@@ -30,17 +30,18 @@ from sgdjax import plots
 from sgdjax.engine.ensemble import (
     chunk_size,
     diverged_summary,
-    output_bytes_per_run,
     global_chunk,
+    output_bytes_per_run,
     run_chunks,
     run_keys,
     run_mesh,
     vmapped,
 )
 from sgdjax.engine.trajectory import make_trajectory
+from sgdjax.errors import ConfigError
 from sgdjax.stages.common import DTYPES, Context
 from sgdjax.stages.train_gd import CHECKPOINT as GD_CHECKPOINT
-from sgdjax.store import StreamedArray, lr_tag, pending_chunks
+from sgdjax.store import lr_tag, pending_chunks
 
 #: JSON logs hold the flat per-step losses only up to this many values (the .npy always has them).
 JSON_LIMIT = 2_000_000
@@ -95,7 +96,7 @@ def val_every(ctx: Context) -> int:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    cfg, store, model = ctx.cfg, ctx.store, ctx.model
+    cfg, store = ctx.cfg, ctx.store
     dtype = DTYPES[cfg.compute_dtype]
     w0, state0 = ctx.load_checkpoint(GD_CHECKPOINT)
     train_loss, eval_loss = ctx.loss_fns()
@@ -103,11 +104,9 @@ def run(ctx: Context) -> dict[str, Any]:
     steps, n_runs, k = cfg.many_runs_steps, cfg.many_runs_samples, cfg.record_every
     ve = val_every(ctx)
     if ve % k:
-        from sgdjax.errors import ConfigError
-
         raise ConfigError(
-            f"record_every={k} must divide the validation cadence {ve} "
-            f"(val_every, or one epoch = {ctx.steps_per_epoch} steps); e.g. --set val_every={k * 10}."
+            f"record_every={k} must divide the validation cadence {ve} (val_every, or one "
+            f"epoch = {ctx.steps_per_epoch} steps); e.g. --set val_every={k * 10}."
         )
     traj = make_trajectory(
         train_loss, ctx.sampler(cfg.dataloader), steps,
@@ -166,7 +165,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     else:
                         stream.write(c, rec[key])
 
-            def progress(count: int, seconds: float) -> None:
+            def progress(count: int, seconds: float, lr: float = lr) -> None:
                 bar.update(count * steps)
                 bar.set_postfix(lr=lr, chunk_s=f"{seconds:.2f}")
 

@@ -71,8 +71,8 @@ def run(ctx: Context) -> dict[str, Any]:
             n = min(seg, steps - done)
             if n not in fns:
                 fns[n] = jax.jit(make_trajectory(
-                    train_loss, ctx.sampler("full"), n, ctx.recorder(1, grad_norm=True, val_every=1),
-                    eval_loss=eval_loss,
+                    train_loss, ctx.sampler("full"), n,
+                    ctx.recorder(1, grad_norm=True, val_every=1), eval_loss=eval_loss,
                 ))
             traj = fns[n](w, state, key, lr, data, done)
             pieces.append(jax.tree.map(np.asarray, traj.records))

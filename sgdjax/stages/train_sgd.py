@@ -16,7 +16,7 @@ import numpy as np
 
 from sgdjax import plots
 from sgdjax.engine.ensemble import run_keys
-from sgdjax.engine.trajectory import Recorder, make_trajectory
+from sgdjax.engine.trajectory import make_trajectory
 from sgdjax.errors import SgdjaxError
 from sgdjax.stages.common import DTYPES, Context
 

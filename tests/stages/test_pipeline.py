@@ -185,7 +185,8 @@ def test_four_devices_give_the_same_ensemble(base_dir, tmp_path, real_data_dir):
         shutil.copytree(base_dir, out)
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}")
         cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
-               "--no-progress", "--stages", "4", "--force", *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
+               "--no-progress", "--stages", "4", "--force",
+               *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         manifest = json.loads((out / "manifest.json").read_text())
