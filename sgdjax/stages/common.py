@@ -7,7 +7,7 @@ store. Everything here is built once per ``python -m sgdjax.run`` invocation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -63,7 +63,6 @@ class Context:
     force: bool = False
     show_progress: bool = True
     device: Any = None
-    timings: dict[str, float] = field(default_factory=dict)
 
     @cached_property
     def model(self) -> Any:
