@@ -16,6 +16,7 @@ import numpy as np
 
 from sgdjax import plots
 from sgdjax.engine.ensemble import run_keys
+from sgdjax.engine.segments import run_segments, segment_length
 from sgdjax.engine.trajectory import Data, evaluate, make_trajectory
 from sgdjax.stages.common import DTYPES, Context
 from sgdjax.stages.train_sgd import CHECKPOINT as SGD_CHECKPOINT
@@ -59,30 +60,23 @@ def run(ctx: Context) -> dict[str, Any]:
     steps = cfg.epochs_gd
     key = run_keys(cfg.seed, "gd", 1)[0]
     lr = jnp.asarray(cfg.lr, DTYPES[cfg.compute_dtype])
-    # Compiled calls of GD_SEGMENT steps: progress is visible and one shape compiles once.
-    seg = GD_SEGMENT
-    if cfg.curvature_every:  # whole curvature blocks per call keep the cadence global
-        seg = max(cfg.curvature_every, seg // cfg.curvature_every * cfg.curvature_every)
-    fns: dict[int, Any] = {}
     pieces: list[dict[str, np.ndarray]] = []
-    w, state, done, diverged_at = w0, state0, 0, -1
-    with ctx.progress("stage 2 GD", steps, unit="steps") as bar:
-        while done < steps and diverged_at < 0:
-            n = min(seg, steps - done)
-            if n not in fns:
-                fns[n] = jax.jit(make_trajectory(
-                    train_loss, ctx.sampler("full"), n,
-                    ctx.recorder(1, grad_norm=True, val_every=1), eval_loss=eval_loss,
-                ))
-            traj = fns[n](w, state, key, lr, data, done)
-            pieces.append(jax.tree.map(np.asarray, traj.records))
-            w, state = traj.params, traj.state
-            if int(traj.diverged_at) >= 0:
-                diverged_at = int(traj.diverged_at)
-            done += n
-            bar.update(n)
-            bar.set_postfix(loss=f"{float(pieces[-1]['loss'][-1]):.4g}",
-                            grad_norm=f"{float(pieces[-1]['grad_norm'][-1]):.3g}")
+    bar = ctx.progress("stage 2 GD", steps, unit="steps")
+
+    def build(n: int) -> Any:
+        return make_trajectory(train_loss, ctx.sampler("full"), n,
+                               ctx.recorder(1, grad_norm=True, val_every=1), eval_loss=eval_loss)
+
+    def on_segment(first: int, n: int, rec: dict[str, np.ndarray], w: Any, state: Any) -> None:
+        pieces.append(rec)
+        bar.update(n)
+        bar.set_postfix(loss=f"{float(rec['loss'][-1]):.4g}",
+                        grad_norm=f"{float(rec['grad_norm'][-1]):.3g}")
+
+    with bar:
+        w, state, diverged_at = run_segments(
+            build, w0, state0, key, lr, data, start=0, total=steps,
+            seg=segment_length(GD_SEGMENT, cfg.curvature_every), on_segment=on_segment)
     curvature = [{k: v for k, v in p.items() if k.startswith("curv_")} for p in pieces
                  if "curv_eigs" in p]
     rec = {k: np.concatenate([p[k] for p in pieces if k in p]) for k in pieces[0]} if pieces else {

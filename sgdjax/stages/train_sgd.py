@@ -16,6 +16,7 @@ import numpy as np
 
 from sgdjax import plots
 from sgdjax.engine.ensemble import run_keys
+from sgdjax.engine.segments import run_segments, segment_length
 from sgdjax.engine.trajectory import make_trajectory
 from sgdjax.errors import SgdjaxError
 from sgdjax.stages.common import DTYPES, Context
@@ -48,10 +49,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg, store = ctx.cfg, ctx.store
     spe = ctx.steps_per_epoch
     total_epochs = cfg.epochs_sgd
-    seg_epochs = max(1, cfg.steps_per_call // spe)
-    if cfg.curvature_every:  # segments hold whole curvature blocks, so the cadence is global
-        per = cfg.curvature_every // spe if cfg.curvature_every % spe == 0 else 1
-        seg_epochs = max(per, seg_epochs // per * per)
+    seg = segment_length(max(cfg.steps_per_call, spe), spe, cfg.curvature_every)
     train_loss, eval_loss = ctx.loss_fns()
     sampler = ctx.stage_sampler(cfg.stage1_sampler)
     data = ctx.data()
@@ -68,37 +66,34 @@ def run(ctx: Context) -> dict[str, Any]:
         w, state = init_params(ctx)
     done = len(logs["train_losses"])
 
-    fns: dict[int, Any] = {}
     curvature: list[dict[str, np.ndarray]] = []
     first_curvature_step = done * spe
     bar = ctx.progress("stage 1 SGD", (total_epochs - done) * spe, unit="steps")
+
+    def build(n: int) -> Any:
+        return make_trajectory(train_loss, sampler, n, ctx.recorder(spe, val_every=spe),
+                               eval_loss=eval_loss)
+
+    def on_segment(first: int, n: int, rec: dict[str, np.ndarray], w: Any, state: Any) -> None:
+        logs["train_losses"] += rec["loss"].reshape(n // spe, spe).mean(axis=1).tolist()
+        logs["val_losses"] += rec["val_loss"].tolist()
+        logs["val_accs"] += rec["val_acc"].tolist()
+        if "curv_eigs" in rec:
+            curvature.append({k: v for k, v in rec.items() if k.startswith("curv_")})
+        bar.update(n)
+        bar.set_postfix(loss=f"{logs['train_losses'][-1]:.4g}",
+                        val_acc=f"{logs['val_accs'][-1]:.4f}")
+        if first + n < total_epochs * spe:
+            ctx.save_checkpoint(RESUME, w, state, extra={
+                f"log.{k}": np.asarray(v) for k, v in logs.items()})
+
     with bar:
-        while done < total_epochs:
-            n_epochs = min(seg_epochs, total_epochs - done)
-            if n_epochs not in fns:
-                fns[n_epochs] = jax.jit(make_trajectory(
-                    train_loss, sampler, n_epochs * spe, ctx.recorder(spe, val_every=spe),
-                    eval_loss=eval_loss,
-                ))
-            traj = fns[n_epochs](w, state, key, lr, data, done * spe)
-            rec = jax.tree.map(np.asarray, traj.records)
-            logs["train_losses"] += rec["loss"].reshape(n_epochs, spe).mean(axis=1).tolist()
-            logs["val_losses"] += rec["val_loss"].tolist()
-            logs["val_accs"] += rec["val_acc"].tolist()
-            if "curv_eigs" in rec:
-                curvature.append({k: v for k, v in rec.items() if k.startswith("curv_")})
-            w, state = traj.params, traj.state
-            done += n_epochs
-            bar.update(n_epochs * spe)
-            bar.set_postfix(loss=f"{logs['train_losses'][-1]:.4g}",
-                            val_acc=f"{logs['val_accs'][-1]:.4f}")
-            diverged_at = int(traj.diverged_at)
-            if diverged_at >= 0:
-                store.save_json(LOGS, dict(logs, diverged_at_step=diverged_at))
-                raise diverged_error("stage 1 (SGD)", diverged_at, cfg.lr, "lr")
-            if done < total_epochs:
-                ctx.save_checkpoint(RESUME, w, state, extra={
-                    f"log.{k}": np.asarray(v) for k, v in logs.items()})
+        w, state, diverged_at = run_segments(
+            build, w, state, key, lr, data, start=done * spe, total=total_epochs * spe,
+            seg=seg, on_segment=on_segment)
+    if diverged_at >= 0:
+        store.save_json(LOGS, dict(logs, diverged_at_step=diverged_at))
+        raise diverged_error("stage 1 (SGD)", diverged_at, cfg.lr, "lr")
 
     ctx.save_checkpoint(CHECKPOINT, w, state)
     store.save_json(LOGS, logs)

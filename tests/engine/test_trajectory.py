@@ -212,3 +212,26 @@ def test_curvature_tracking_matches_dense_spectra(problem):
         # Rademacher Hutchinson: loose bound, the estimator's std is ~ ||H||_F * sqrt(2/400)
         assert abs(float(out.records["curv_trace"][j]) - trace) < 5 * np.linalg.norm(h) * (
             2 / 400) ** 0.5
+
+
+def test_run_segments_equals_one_call(problem):
+    """A run driven as compiled calls of 7 steps (with a shorter last one) equals one call."""
+    from sgdjax.engine.segments import run_segments, segment_length
+
+    model, data, w0, state = problem
+    loss_fn = make_loss_fn(model, train=True)
+    sampler = make_sampler("default", 128, 16)
+    key = jax.random.key(6)
+    whole = jax.jit(make_trajectory(loss_fn, sampler, 30, Recorder(params_every=1)))(
+        w0, state, key, jnp.float32(0.1), data)
+    pieces = []
+    w, _, diverged = run_segments(
+        lambda n: make_trajectory(loss_fn, sampler, n, Recorder(params_every=1)),
+        w0, state, key, jnp.float32(0.1), data, start=0, total=30, seg=7,
+        on_segment=lambda first, n, rec, w, s: pieces.append((first, rec["params"])))
+    assert [p[0] for p in pieces] == [0, 7, 14, 21, 28] and diverged == -1
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]),
+                                  whole.records["params"])
+    np.testing.assert_array_equal(w, whole.params)
+    assert segment_length(100_000, 100, 0) == 100_000
+    assert segment_length(500, 1, 30) == 480 and segment_length(5, 10) == 10
