@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sgdjax.config import SetupConfig, list_experiments, load_setup, parse_overrides
+from sgdjax.config import list_experiments, setup_path
 from sgdjax.errors import ConfigError, DeviceError, SgdjaxError
-
-#: Config keys that do not change any result (they may differ between a run and its resume).
-EXECUTION_KEYS = ("description", "device", "memory_budget_gb", "steps_per_call", "chunk_runs")
+from sgdjax.families import family_for
+from sgdjax.nested_config import flatten
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,11 +60,10 @@ def print_list() -> None:
             print(f"  {name:<{width}}  {desc}")
 
 
-def format_config(cfg: SetupConfig) -> str:
-    lines = []
-    for key, value in cfg.to_dict().items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines)
+def format_config(cfg: Any) -> str:
+    """One ``dotted.key = value`` line per leaf: exactly what ``--set`` accepts."""
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in
+                     flatten(cfg.to_dict()).items())
 
 
 def select_device(name: str) -> Any:
@@ -85,16 +83,20 @@ def select_device(name: str) -> Any:
     return devices[0]
 
 
-def check_consistent(store: Any, cfg: SetupConfig, force: bool) -> None:
+def check_consistent(store: Any, cfg: Any, force: bool,
+                     execution_keys: Sequence[str] = ()) -> None:
     """Refuse to mix results of different configs in one directory."""
     old = store.manifest().get("config")
     if not old or force:
         return
-    new = cfg.to_dict()
+    old, new = flatten(old), flatten(cfg.to_dict())
     # Keys a newer sgdjax added are absent from older manifests: their defaults match.
-    defaults = SetupConfig().to_dict()
-    changed = sorted(k for k in new if k not in EXECUTION_KEYS
-                     and old.get(k, defaults[k]) != new[k])
+    try:
+        defaults = flatten(type(cfg)().to_dict())
+    except (TypeError, SgdjaxError):
+        defaults = {}
+    changed = sorted(k for k in new if k not in execution_keys
+                     and old.get(k, defaults.get(k, new[k])) != new[k])
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed[:6])
         raise ConfigError(
@@ -126,7 +128,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def print_summary(cfg: SetupConfig, results: dict[str, Any], total: float, out: Path) -> None:
+def print_summary(cfg: Any, results: dict[str, Any], total: float, out: Path) -> None:
     print(f"\nsummary of {cfg.experiment}/{cfg.setup} ({out})")
     rows = summary_rows(results)
     width = max([len(r[0]) for r in rows] + [5])
@@ -156,13 +158,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.experiment or not args.setup:
         raise ConfigError("give an experiment and a setup, e.g. 'python -m sgdjax.run exp1 "
                           "setup1', or --list to see them")
-    overrides = parse_overrides(args.overrides)
-    if args.device:
-        overrides["device"] = args.device
-    cfg = load_setup(args.experiment, args.setup, overrides)
-    from sgdjax.stages import parse_stages
+    setup_path(args.experiment, args.setup)  # names an unknown experiment/setup first
+    family = family_for(args.experiment)
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    cfg = family.load_config(args.experiment, args.setup, overrides)
+    from sgdjax.stages import parse_stages, run_stages
 
-    stages = parse_stages(args.stages)
+    stages = parse_stages(args.stages, family.STAGES)
     out = args.out or Path("results") / cfg.experiment / cfg.setup
 
     # x64 must be decided before any JAX array exists.
@@ -179,18 +181,17 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"  {s.number} {s.name:<17} {s.title}")
         return 0
 
-    from sgdjax.stages import run_stages
-    from sgdjax.stages.common import Context
     from sgdjax.store import Store, git_commit, now_iso, package_versions
 
     store = Store(out)
-    check_consistent(store, cfg, args.force)
+    check_consistent(store, cfg, args.force, family.EXECUTION_KEYS)
     store.update_manifest(
         config=cfg.to_dict(), versions=package_versions(), device=str(device),
         platform=device.platform, git_commit=git_commit(Path(__file__).parent), started=now_iso(),
         command=" ".join(["python -m sgdjax.run", *(argv if argv is not None else sys.argv[1:])]),
     )
-    ctx = Context(cfg, store, force=args.force, show_progress=not args.no_progress, device=device)
+    ctx = family.make_context(cfg, store, force=args.force, show_progress=not args.no_progress,
+                              device=device)
     t0 = time.perf_counter()
     with jax.default_device(device):
         results = run_stages(ctx, stages)

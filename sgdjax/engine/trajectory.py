@@ -33,6 +33,29 @@ from sgdjax.data.sampling import Sampler
 LossFn = Callable[[jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]
 # lr -> optax transformation (lr may be a traced scalar: sweeps vmap over it)
 UpdateRule = Callable[[jax.Array], optax.GradientTransformation]
+# (key, step) -> (x, y): a batch generated on the device inside the step (tasks drawn from a
+# distribution instead of indexed from a stored dataset); x and y may be pytrees.
+BatchFn = Callable[[jax.Array, jax.Array], tuple[Any, Any]]
+
+
+class StepInfo(NamedTuple):
+    """Everything one step knows, handed to a ``step_extras`` hook for diagnostics."""
+
+    step: jax.Array  # global step index (int32)
+    params: jax.Array  # parameters before the update
+    state: Any
+    x: Any  # the step's batch
+    y: Any
+    loss: jax.Array
+    grad: jax.Array
+    updates: jax.Array  # new_params - params, as the optimiser computed it
+    new_params: jax.Array
+    data: Any  # the Data the trajectory reads (e.g. for validation inside the hook)
+
+
+# StepInfo -> {name: array}: extra per-step records (norms, saturation, ...), computed inside
+# the compiled step so diagnostics never leave the device per step.
+StepExtras = Callable[[StepInfo], dict[str, jax.Array]]
 
 
 def sgd_rule(lr: jax.Array) -> optax.GradientTransformation:
@@ -195,6 +218,8 @@ def make_trajectory(
     *,
     eval_loss: LossFn | None = None,
     update_rule: UpdateRule = sgd_rule,
+    batch_fn: BatchFn | None = None,
+    step_extras: StepExtras | None = None,
 ) -> Callable[..., Trajectory]:
     """Build ``run(w0, state0, key, lr, data, start=0, opt_state=None) -> Trajectory``.
 
@@ -202,6 +227,10 @@ def make_trajectory(
     index of the first step: samplers depend on it, so a long run split into several calls draws
     exactly the batches of one uninterrupted run. When validating, ``start`` must be a multiple of
     ``val_every`` (the caller's segments are).
+
+    ``batch_fn(fold_in(key, step), step) -> (x, y)`` replaces the sampler for tasks generated on
+    the device (``sampler`` may then be None). ``step_extras(StepInfo) -> dict`` adds per-step
+    records (masked to NaN after a divergence like every other float record).
     """
     rec = recorder
     if rec.val_every and eval_loss is None:
@@ -215,7 +244,9 @@ def make_trajectory(
             f"params_every={rec.params_every} must divide the block length {inner} "
             "(val_every, else curvature_every, else the number of steps)"
         )
-    full_batch = sampler.kind == "full"
+    if sampler is None and batch_fn is None:
+        raise ValueError("give a sampler or a batch_fn")
+    full_batch = batch_fn is None and sampler.kind == "full"
     measure = make_curvature_probe(train_loss, rec) if rec.curvature_every else None
 
     grad_fn = jax.value_and_grad(train_loss, has_aux=True)
@@ -233,18 +264,14 @@ def make_trajectory(
         if opt_state is None:
             opt_state = opt.init(w0)
         start = jnp.asarray(start, jnp.int32)
-        if full_batch:
+        if full_batch or batch_fn is not None:
             indices = None
         else:
             indices = sampler.batches(key, start, num_steps)  # [T, B] int32
 
         def step(carry: tuple, i: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
             w, state, ostate, diverged_at = carry
-            if full_batch:
-                xb, yb = data.train_x, data.train_y
-            else:
-                idx = indices[i]
-                xb, yb = data.train_x[idx], data.train_y[idx]
+            xb, yb = batch_at(i)
             (loss, (new_state, _)), g = grad_fn(w, state, xb, yb)
             out: dict[str, jax.Array] = {"loss": loss}
             if rec.params_every:
@@ -264,6 +291,9 @@ def make_trajectory(
                     out["eigvals"] = jnp.linalg.eigvalsh(h)
             updates, new_ostate = opt.update(g, ostate, w)
             new_w = optax.apply_updates(w, updates)
+            if step_extras is not None:
+                out.update(step_extras(StepInfo(start + i, w, state, xb, yb, loss, g, updates,
+                                                new_w, data)))
 
             already = diverged_at >= 0
             # Records of a run that diverged earlier are NaN, so statistics cannot silently mix
@@ -310,7 +340,7 @@ def make_trajectory(
 
         def curvature_block(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
             (w, state, ostate, diverged_at), vecs = carry
-            xb, yb = batch_at(first)
+            xb, yb = batch_at(first, curvature=True)
             # A stream of its own: the samplers use fold_in(key, step) and fold_in(key, epoch).
             ckey = jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), start + first)
             curv = measure(w, state, xb, yb, ckey, vecs)
@@ -325,8 +355,11 @@ def make_trajectory(
             inner, outs = val_span(c[0], first, length)
             return (inner, c[1]), outs
 
-        def batch_at(i: jax.Array) -> tuple[jax.Array, jax.Array]:
-            if full_batch or rec.curvature_batch == "full":
+        def batch_at(i: jax.Array, curvature: bool = False) -> tuple[Any, Any]:
+            if batch_fn is not None:
+                t = start + i  # the step's batch is a function of (key, global step) only
+                return batch_fn(jax.random.fold_in(key, t), t)
+            if full_batch or (curvature and rec.curvature_batch == "full"):
                 return data.train_x, data.train_y
             idx = indices[i]
             return data.train_x[idx], data.train_y[idx]

@@ -1,8 +1,10 @@
-"""The stages of the SGDiffusion study, in pipeline order.
+"""The stages of the SGDiffusion study, in pipeline order, and the stage runner every study
+family shares.
 
 A stage is a module with ``outputs(ctx) -> list[str]`` (the files that make it complete) and
 ``run(ctx) -> dict`` (numbers for the manifest and the summary). ``run_stages`` skips a stage
-whose outputs are all present unless ``force``.
+whose outputs are all present unless ``force``. This package is also the SGDiffusion family
+(``load_config``, ``STAGES``, ``make_context``, ``EXECUTION_KEYS``; see ``sgdjax.families``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ class Stage:
     title: str
 
     def load(self) -> ModuleType:
-        return importlib.import_module(f"sgdjax.stages.{self.module}")
+        """The stage module: ``module`` is a full dotted path, or a name in this package."""
+        path = self.module if "." in self.module else f"sgdjax.stages.{self.module}"
+        return importlib.import_module(path)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -41,13 +45,32 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def parse_stages(text: str | Sequence[str] | None) -> list[Stage]:
+#: SGDiffusion config keys that do not change any result.
+EXECUTION_KEYS = ("description", "device", "memory_budget_gb", "steps_per_call", "chunk_runs")
+
+
+def load_config(experiment: str, setup: str, overrides: Sequence[str] = ()) -> Any:
+    from sgdjax.config import load_setup
+
+    return load_setup(experiment, setup, overrides)
+
+
+def make_context(cfg: Any, store: Any, *, force: bool = False, show_progress: bool = True,
+                 device: Any = None) -> Any:
+    from sgdjax.stages.common import Context
+
+    return Context(cfg, store, force=force, show_progress=show_progress, device=device)
+
+
+def parse_stages(text: str | Sequence[str] | None,
+                 stages: Sequence[Stage] = STAGES) -> list[Stage]:
     """``"3,4"``, ``"3-5"``, ``"hessians,many_runs"`` or None (all) -> stages in pipeline order."""
+    table = tuple(stages)
     if text is None:
-        return list(STAGES)
+        return list(table)
     items = text.split(",") if isinstance(text, str) else [t for s in text for t in s.split(",")]
-    by_number = {str(s.number): s for s in STAGES}
-    by_name = {s.name: s for s in STAGES}
+    by_number = {str(s.number): s for s in table}
+    by_name = {s.name: s for s in table}
     chosen: set[int] = set()
     for raw in (i.strip() for i in items):
         if not raw:
@@ -61,10 +84,10 @@ def parse_stages(text: str | Sequence[str] | None) -> list[Stage]:
             names = [*by_number, *by_name]
             raise ConfigError(
                 f"unknown stage '{raw}'; stages are "
-                + ", ".join(f"{s.number}={s.name}" for s in STAGES) + "." + did_you_mean(raw, names)
+                + ", ".join(f"{s.number}={s.name}" for s in table) + "." + did_you_mean(raw, names)
             )
         chosen.add(stage.number)
-    return [s for s in STAGES if s.number in chosen]
+    return [s for s in table if s.number in chosen]
 
 
 def is_complete(stage: Stage, ctx: Any) -> bool:

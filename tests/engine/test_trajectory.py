@@ -235,3 +235,58 @@ def test_run_segments_equals_one_call(problem):
     np.testing.assert_array_equal(w, whole.params)
     assert segment_length(100_000, 100, 0) == 100_000
     assert segment_length(500, 1, 30) == 480 and segment_length(5, 10) == 10
+
+
+def _linear_loss(w, state, x, y):
+    err = x @ w - y
+    return jnp.mean(err**2), (state, jnp.int32(0))
+
+
+def test_batch_fn_generates_each_step_from_key_and_step():
+    """On-device batches: step t sees batch_fn(fold_in(key, t), t), whatever the segmenting."""
+    w_true = jnp.arange(1.0, 4.0)
+
+    def batch_fn(k, t):
+        x = jax.random.normal(k, (8, 3)) * (1.0 + 0.0 * t)
+        return x, x @ w_true
+
+    key, lr, steps = jax.random.key(5), 0.05, 12
+    run = jax.jit(make_trajectory(_linear_loss, None, steps, Recorder(params_every=1),
+                                  batch_fn=batch_fn))
+    out = run(jnp.zeros(3), {}, key, jnp.float32(lr), Data(None, None))
+    w, losses = np.zeros(3, np.float32), []
+    for t in range(steps):
+        x, y = batch_fn(jax.random.fold_in(key, t), t)
+        x, y = np.asarray(x), np.asarray(y)
+        err = x @ w - y
+        losses.append(np.mean(err**2))
+        w = w - lr * (2 * x.T @ err / len(y))
+    np.testing.assert_allclose(np.asarray(out.records["loss"]), losses, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.params), w, rtol=1e-5)
+    # Two segments draw the same batches as one call.
+    half = jax.jit(make_trajectory(_linear_loss, None, steps // 2, Recorder(),
+                                   batch_fn=batch_fn))
+    a = half(jnp.zeros(3), {}, key, jnp.float32(lr), Data(None, None))
+    b = half(a.params, {}, key, jnp.float32(lr), Data(None, None), start=steps // 2)
+    np.testing.assert_allclose(np.asarray(b.params), np.asarray(out.params), rtol=1e-6)
+    with pytest.raises(ValueError, match="sampler or a batch_fn"):
+        make_trajectory(_linear_loss, None, 3)
+
+
+def test_step_extras_see_the_step(problem):
+    """Extras get the pre-update point, the gradient and the optimiser's update of each step."""
+    model, data, w0, state = problem
+    lr = 0.1
+
+    def extras(info):
+        return {"g_norm": jnp.linalg.norm(info.grad), "u_norm": jnp.linalg.norm(info.updates),
+                "moved": jnp.linalg.norm(info.new_params - info.params - info.updates),
+                "t": info.step}
+
+    run = jax.jit(make_trajectory(make_loss_fn(model, train=True), make_sampler("default", 128, 16),
+                                  10, Recorder(grad_norm=True), step_extras=extras))
+    out = run(w0, state, jax.random.key(0), jnp.float32(lr), data, start=20)
+    r = {k: np.asarray(v) for k, v in out.records.items()}
+    np.testing.assert_allclose(r["g_norm"], r["grad_norm"], rtol=1e-6)
+    np.testing.assert_allclose(r["u_norm"] / r["g_norm"], lr, rtol=1e-6)
+    assert np.all(r["moved"] < 1e-6) and list(r["t"]) == list(range(20, 30))
