@@ -178,3 +178,19 @@ def test_int32_indices_under_x64():
         assert REPLACEMENT.batch(KEY, jnp.int64(3)).dtype == jnp.int32
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+def test_host_and_xla_permutations_agree():
+    """The CPU path (numpy sort of packed keys) returns XLA's stable argsort exactly, including
+    under vmap, and ties are broken by index."""
+    import numpy as np
+
+    from sgdjax.data import sampling
+
+    keys = jax.random.split(jax.random.key(11), 6)
+    host = jax.jit(jax.vmap(lambda k: sampling.random_permutation(k, 777)))(keys)
+    xla = jax.vmap(lambda k: sampling._xla_stable_argsort(
+        jax.random.bits(k, (777,), jnp.uint32)))(keys)
+    np.testing.assert_array_equal(np.asarray(host), np.asarray(xla))
+    ties = np.array([[5, 1, 5, 0, 1]], np.uint32)
+    np.testing.assert_array_equal(sampling._numpy_stable_argsort(ties), [[3, 1, 4, 0, 2]])
