@@ -49,11 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="recompute stages even if their outputs exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    hosts = p.add_argument_group(
+        "several hosts", "start the same command on every host (results dir on a shared "
+        "filesystem); ensembles are sharded over all hosts' devices, process 0 writes")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0, reachable from every host")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="join a cluster JAX detects itself (SLURM, Open MPI, Kubernetes)")
     return p
 
 
 def print_list() -> None:
+    from sgdjax.families import FAMILIES
+
     for exp, setups in list_experiments().items():
+        if exp not in FAMILIES:  # e.g. a folder of sweep files
+            continue
         print(exp)
         width = max(len(s) for s in setups)
         for name, desc in setups.items():
@@ -67,11 +80,12 @@ def format_config(cfg: Any) -> str:
 
 
 def select_device(name: str) -> Any:
-    """The first JAX device of the requested platform, or a DeviceError saying what to do."""
+    """This process's first JAX device of the requested platform, or a DeviceError saying what
+    to do."""
     import jax
 
     try:
-        devices = jax.devices(name)
+        devices = jax.local_devices(backend=name)
     except RuntimeError:
         devices = []
     if not devices:
@@ -171,7 +185,16 @@ def _main(argv: Sequence[str] | None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", cfg.x64)
+    multi = [args.coordinator, args.num_processes, args.process_id]
+    if args.distributed or any(v is not None for v in multi):
+        if not args.distributed and any(v is None for v in multi):
+            raise ConfigError("several hosts need all of --coordinator HOST:PORT, "
+                              "--num-processes N and --process-id I (or --distributed)")
+        from sgdjax.distributed import initialize
+
+        initialize(*multi)
     device = select_device(cfg.device)
+    main_process = jax.process_index() == 0
 
     if args.dry_run:
         print(f"# {cfg.experiment}/{cfg.setup}: {cfg.description}")
@@ -185,20 +208,24 @@ def _main(argv: Sequence[str] | None) -> int:
 
     store = Store(out)
     check_consistent(store, cfg, args.force, family.EXECUTION_KEYS)
-    store.update_manifest(
-        config=cfg.to_dict(), versions=package_versions(), device=str(device),
-        platform=device.platform, git_commit=git_commit(Path(__file__).parent), started=now_iso(),
-        command=" ".join(["python -m sgdjax.run", *(argv if argv is not None else sys.argv[1:])]),
-    )
-    ctx = family.make_context(cfg, store, force=args.force, show_progress=not args.no_progress,
-                              device=device)
+    if main_process:
+        store.update_manifest(
+            config=cfg.to_dict(), versions=package_versions(), device=str(device),
+            platform=device.platform, git_commit=git_commit(Path(__file__).parent),
+            started=now_iso(), processes=jax.process_count(),
+            command=" ".join(["python -m sgdjax.run",
+                              *(argv if argv is not None else sys.argv[1:])]),
+        )
+    ctx = family.make_context(cfg, store, force=args.force,
+                              show_progress=not args.no_progress and main_process, device=device)
     t0 = time.perf_counter()
     with jax.default_device(device):
         results = run_stages(ctx, stages)
     total = time.perf_counter() - t0
-    store.update_manifest(finished=now_iso(), wall_s_last_invocation=total)
-    store.save_json("summary.json", results)
-    print_summary(cfg, results, total, out)
+    if main_process:
+        store.update_manifest(finished=now_iso(), wall_s_last_invocation=total)
+        store.save_json("summary.json", results)
+        print_summary(cfg, results, total, out)
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sgdjax.distributed import gather, put
 from sgdjax.engine.trajectory import Data, Trajectory
 
 STAGE_STREAMS = {"sgd": 1, "gd": 2, "hessians": 3, "many_runs": 4, "gd_many_runs": 5}
@@ -41,9 +42,17 @@ def run_keys(
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(runs)
 
 
-def vmapped(run: Callable[..., Trajectory]) -> Callable[..., Trajectory]:
-    """``run`` vmapped over (key, lr) with shared start parameters, state and data, jitted."""
-    return jax.jit(jax.vmap(run, in_axes=(None, None, 0, 0, None)))
+def vmapped(run: Callable[..., Trajectory], mesh: Mesh | None = None) -> Callable[..., Trajectory]:
+    """``run`` vmapped over (key, lr) with shared start parameters, state and data, jitted.
+
+    With a ``mesh`` the run axis is split over its devices by ``shard_map``: every device runs
+    exactly the single-device program on its own runs (host callbacks such as the CPU sampler's
+    sort included), so results do not depend on the number of devices or hosts."""
+    fn = jax.vmap(run, in_axes=(None, None, 0, 0, None))
+    if mesh is not None:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P("runs"), P("runs"), P()),
+                           out_specs=P("runs"), check_vma=False)
+    return jax.jit(fn)
 
 
 def output_bytes_per_run(run: Callable[..., Trajectory], w0: Any, state0: Any, key: jax.Array,
@@ -108,7 +117,7 @@ def run_chunks(
         if size % mesh.devices.size:
             raise ValueError(f"chunk size {size} is not a multiple of {mesh.devices.size} devices")
         replicated = NamedSharding(mesh, P())
-        w0, state0, data = jax.device_put((w0, state0, data), replicated)
+        w0, state0, data = put((w0, state0, data), replicated)
         by_run = NamedSharding(mesh, P("runs"))
     for c in chunks:
         rows = slice(c * size, min(n, (c + 1) * size))
@@ -119,10 +128,10 @@ def run_chunks(
             k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
             lr = jnp.concatenate([lr, jnp.repeat(lr[-1:], pad, axis=0)])
         if mesh is not None:
-            k, lr = jax.device_put((k, lr), by_run)
+            k, lr = put((k, lr), by_run)
         t0 = time.perf_counter()
         out = fn(w0, state0, k, lr, data)
-        out = jax.tree.map(lambda a, n=count: np.asarray(a)[:n], out)
+        out = jax.tree.map(lambda a, n=count: a[:n], gather(out))
         on_chunk(c, rows, out)
         if progress is not None:
             progress(count, time.perf_counter() - t0)

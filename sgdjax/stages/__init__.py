@@ -96,23 +96,37 @@ def is_complete(stage: Stage, ctx: Any) -> bool:
 
 def run_stages(ctx: Any, stages: Sequence[Stage], log: Any = print) -> dict[str, Any]:
     """Run ``stages`` in order; skip complete ones unless ``ctx.force``; record each in the
-    manifest with its wall time. Returns {stage name: info}."""
+    manifest with its wall time. Returns {stage name: info}.
+
+    On several hosts (``sgdjax.distributed``) process 0 decides and writes; a stage module with
+    ``DISTRIBUTED = True`` runs on every process, any other only on process 0 while the rest wait.
+    """
+    from sgdjax.distributed import barrier, broadcast, is_main
+
+    main = is_main()
+    say = log if main else (lambda *_: None)
     results: dict[str, Any] = {}
     for stage in stages:
         module = stage.load()
-        if not ctx.force and ctx.store.exists(*module.outputs(ctx)):
-            log(f"stage {stage.number} ({stage.name}): complete, skipped (use --force to redo)")
+        complete = not ctx.force and ctx.store.exists(*module.outputs(ctx))
+        if broadcast([int(complete)] if main else [])[0]:
+            say(f"stage {stage.number} ({stage.name}): complete, skipped (use --force to redo)")
             results[stage.name] = {"skipped": True,
                                    **ctx.store.manifest().get("stages", {}).get(stage.name, {})}
             continue
-        if ctx.force:  # recompute from scratch: no finished file or partial chunk is reused
+        if ctx.force and main:  # recompute from scratch: no finished file or partial chunk reused
             for name in module.outputs(ctx):
                 ctx.store.remove(name, f"{name}.partial", f"{name}.progress.json")
-        log(f"stage {stage.number} ({stage.name}): {stage.title}")
+        if not main and not getattr(module, "DISTRIBUTED", False):
+            barrier(f"stage-{stage.name}")
+            continue
+        say(f"stage {stage.number} ({stage.name}): {stage.title}")
         t0 = time.perf_counter()
         info = module.run(ctx) or {}
         wall = time.perf_counter() - t0
-        ctx.store.record_stage(stage.name, wall_s=wall, **info)
+        if main:
+            ctx.store.record_stage(stage.name, wall_s=wall, **info)
         results[stage.name] = {"wall_s": wall, **info}
-        log(f"stage {stage.number} ({stage.name}): done in {wall:.1f} s")
+        say(f"stage {stage.number} ({stage.name}): done in {wall:.1f} s")
+        barrier(f"stage-{stage.name}")
     return results

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdjax import plots
+from sgdjax.distributed import broadcast, is_main, process_count
 from sgdjax.engine.ensemble import (
     chunk_size,
     diverged_summary,
@@ -47,6 +48,8 @@ from sgdjax.store import lr_tag, pending_chunks
 JSON_LIMIT = 2_000_000
 #: Wide vmaps of the CNN are slower on CPU than small blocks (measured; see docs/benchmarks.md).
 MAX_CHUNK = {"cnn": 16}
+#: Every process of a multi-host run takes part (see ``sgdjax.distributed``); process 0 writes.
+DISTRIBUTED = True
 
 
 def weights_file(lr: float) -> str:
@@ -112,18 +115,23 @@ def run(ctx: Context) -> dict[str, Any]:
         train_loss, ctx.sampler(cfg.dataloader), steps,
         ctx.recorder(ve, params_every=k, val_every=ve), eval_loss=eval_loss,
     )
-    fn = vmapped(traj)
     one_key = run_keys(cfg.seed, "many_runs", 1)[0]
     per_run = output_bytes_per_run(traj, w0, state0, one_key, jnp.asarray(0.1, dtype), data)
     per_run += steps * cfg.batch_size * 4  # the run's precomputed batch indices
     size = cfg.chunk_runs or chunk_size(n_runs, per_run, cfg.memory_budget_gb * 2**30,
                                         MAX_CHUNK.get(cfg.model))
     size = min(size, n_runs)
-    mesh = run_mesh(jax.local_devices(backend=ctx.device.platform) if ctx.device else None)
+    platform = ctx.device.platform if ctx.device else None
+    # Several hosts: one mesh over every host's devices; one host: its local devices.
+    mesh = run_mesh(jax.devices(platform) if process_count() > 1
+                    else jax.local_devices(backend=platform))
     size = global_chunk(size, mesh)
+    fn = vmapped(traj, mesh)
 
     info: dict[str, Any] = {"chunk_runs": size, "runs_per_lr": n_runs, "steps": steps,
-                            "devices": 1 if mesh is None else int(mesh.devices.size)}
+                            "devices": 1 if mesh is None else int(mesh.devices.size),
+                            "processes": process_count()}
+    writer = is_main()
     total_run_steps = 0
     bar = ctx.progress("stage 4 many runs", n_runs * steps * len(cfg.lrs))
     with bar:
@@ -131,7 +139,7 @@ def run(ctx: Context) -> dict[str, Any]:
             names = files(ctx, lr)
             shapes = jax.eval_shape(traj, w0, state0, one_key, jnp.asarray(lr, dtype), data)
             streams = {}
-            for key, name in names.items():
+            for key, name in names.items() if writer else ():
                 if key == "final":
                     shape, sdt = shapes.params.shape, shapes.params.dtype
                 elif key == "diverged_at":
@@ -144,15 +152,16 @@ def run(ctx: Context) -> dict[str, Any]:
                 else:
                     shape, sdt = shapes.records[key].shape, shapes.records[key].dtype
                 streams[key] = store.stream(name, (n_runs, *shape), np.dtype(sdt), size)
-            pending = pending_chunks(*streams.values())
-            if len(pending) < streams["params"].n_chunks:
-                bar.update((streams["params"].n_chunks - len(pending)) * size * steps)
+            n_chunks = -(-n_runs // size)
+            pending = broadcast(pending_chunks(*streams.values()) if writer else [])
+            if len(pending) < n_chunks:
+                bar.update((n_chunks - len(pending)) * size * steps)
             keys = run_keys(cfg.seed, "many_runs", n_runs,
                             lr_index=None if cfg.lr_streams == "common" else i)
             lrs = jnp.full((n_runs,), lr, dtype)
 
             def on_chunk(c: int, rows: slice, out: Any, streams: dict = streams) -> None:
-                rec = out.records
+                rec = out.records  # (streams is empty on processes other than 0)
                 for key, stream in streams.items():
                     if key == "final":
                         stream.write(c, out.params)
@@ -173,7 +182,8 @@ def run(ctx: Context) -> dict[str, Any]:
             total_run_steps += len(pending) * size * steps
             for stream in streams.values():
                 stream.finalize()
-            info[f"lr{lr_tag(lr)}"] = write_logs(ctx, lr, names, ve)
+            if writer:
+                info[f"lr{lr_tag(lr)}"] = write_logs(ctx, lr, names, ve)
     info["throughput_run_steps_per_s"] = bar.rate
     return info
 

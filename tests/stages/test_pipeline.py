@@ -240,3 +240,42 @@ def test_missing_gpu_fails_clearly(capsys):
         pytest.skip("a GPU is present")
     assert cli.main(["exp1", "setup1", "--device", "gpu", "--dry-run"]) == 2
     assert "no 'gpu' device" in capsys.readouterr().err
+
+
+def test_two_hosts_give_the_same_ensemble(base_dir, tmp_path, real_data_dir):
+    """Two processes joined by jax.distributed (2 simulated CPU devices each, gloo collectives)
+    write the arrays of a single device; only process 0 writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    outs = {n: tmp_path / f"hosts{n}" for n in (1, 2)}
+    for out in outs.values():
+        shutil.copytree(base_dir, out)
+    args = ["--no-progress", "--stages", "4", "--force",
+            *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
+    base = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1"]
+    one = subprocess.run([*base, "--out", str(outs[1]), *args], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ))
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([*base, "--out", str(outs[2]), *args, "--coordinator",
+                               f"localhost:{port}", "--num-processes", "2", "--process-id",
+                               str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (0, 1)]
+    logs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, logs, strict=True):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "summary of exp1/setup1" in logs[0][0] and "summary" not in logs[1][0]
+    manifest = json.loads((outs[2] / "manifest.json").read_text())
+    assert manifest["stages"]["many_runs"]["devices"] == 4
+    assert manifest["stages"]["many_runs"]["processes"] == 2
+    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
+                 "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy",
+                 "sgd_diverged_at_lr0.05.npy"):
+        np.testing.assert_array_equal(np.load(outs[2] / name), np.load(outs[1] / name),
+                                      err_msg=name)
