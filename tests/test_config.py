@@ -6,7 +6,6 @@ import pytest
 
 from sgdjax.config import KEYS, SetupConfig, list_experiments, load_setup, parse_overrides
 from sgdjax.errors import ConfigError
-
 from sgdjax.families import FAMILIES
 
 # Folders of experiments/ that a study family runs (others hold e.g. sweep files).
