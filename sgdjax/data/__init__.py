@@ -4,6 +4,7 @@ from sgdjax.data.cache import RemoteFile, data_dir, fetch, fetch_many
 from sgdjax.data.idx import read_idx
 from sgdjax.data.mnist import load_mnist
 from sgdjax.data.mnist_similar import load_mnist_similar
+from sgdjax.data.moons import MoonsData, load_moons, make_moons
 from sgdjax.data.sampling import Sampler, make_sampler, random_permutation
 from sgdjax.data.shakespeare import ShakespeareData, load_shakespeare, preprocess_text
 from sgdjax.data.splits import Percent, SplitSpec, apply_split, parse_split, resolve_split
@@ -11,6 +12,7 @@ from sgdjax.data.types import ArraySplit
 
 __all__ = [
     "ArraySplit",
+    "MoonsData",
     "Percent",
     "RemoteFile",
     "Sampler",
@@ -22,6 +24,8 @@ __all__ = [
     "fetch_many",
     "load_mnist",
     "load_mnist_similar",
+    "load_moons",
+    "make_moons",
     "load_shakespeare",
     "make_sampler",
     "parse_split",

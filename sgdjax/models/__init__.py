@@ -12,13 +12,15 @@ from sgdjax.errors import ConfigError, did_you_mean
 from sgdjax.models.base import Params, ParamSpec, State, TorchLayoutModel
 from sgdjax.models.cnn import CNN
 from sgdjax.models.mlp import MLP, adaptive_avg_pool2d, adaptive_avg_pool_matrix
+from sgdjax.models.moons_mlp import MoonsMLP
 from sgdjax.models.nanogpt import NanoGPT
 from sgdjax.models.objective import cross_entropy, make_loss_fn, num_correct
 from sgdjax.models.torch_io import load_torch_checkpoint, save_torch_state_dict
 
 Model = TorchLayoutModel
 
-MODELS: dict[str, type[TorchLayoutModel]] = {"mlp": MLP, "cnn": CNN, "nanogpt": NanoGPT}
+MODELS: dict[str, type[TorchLayoutModel]] = {"mlp": MLP, "cnn": CNN, "nanogpt": NanoGPT,
+                                             "moons_mlp": MoonsMLP}
 
 
 def build_model(name: str, **kwargs: Any) -> TorchLayoutModel:
@@ -46,6 +48,7 @@ __all__ = [
     "CNN",
     "MLP",
     "MODELS",
+    "MoonsMLP",
     "Model",
     "NanoGPT",
     "ParamSpec",
