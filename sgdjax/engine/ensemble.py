@@ -64,7 +64,8 @@ def output_bytes_per_run(run: Callable[..., Trajectory], w0: Any, state0: Any, k
 
 def chunk_size(n_runs: int, bytes_per_run: int, budget_bytes: float, max_chunk: int | None = None
                ) -> int:
-    """Largest chunk whose outputs (held twice: on the device and on the host) fit the budget."""
+    """Largest chunk whose outputs fit the budget twice (``run_chunks`` writes one chunk while
+    the next computes; on an accelerator the host copy is the second)."""
     fit = max(1, int(budget_bytes // max(1, 2 * bytes_per_run)))
     size = min(n_runs, fit)
     if max_chunk:
@@ -105,7 +106,9 @@ def run_chunks(
     progress: Callable[[int, float], None] | None = None,
     mesh: Mesh | None = None,
 ) -> None:
-    """Run the given chunk indices of an ensemble with the vmapped ``fn``.
+    """Run the given chunk indices of an ensemble with the vmapped ``fn``; while a chunk
+    computes, the previous one's outputs are handed to ``on_chunk`` (two chunks' outputs are
+    alive at once).
 
     Every chunk has the same static size (the last one is padded by repeating its final run and
     the padding is dropped), so the whole ensemble compiles once. ``on_chunk(chunk, rows, traj)``
@@ -119,10 +122,19 @@ def run_chunks(
         replicated = NamedSharding(mesh, P())
         w0, state0, data = put((w0, state0, data), replicated)
         by_run = NamedSharding(mesh, P("runs"))
+
+    def finish(c: int, rows: slice, out: Trajectory, t0: float) -> None:
+        count = rows.stop - rows.start
+        out = jax.tree.map(lambda a, n=count: a[:n], gather(out))
+        on_chunk(c, rows, out)
+        if progress is not None:
+            progress(count, time.perf_counter() - t0)
+
+    # Dispatch is asynchronous: chunk c+1 is computing while chunk c is written to disk.
+    previous: tuple[int, slice, Trajectory, float] | None = None
     for c in chunks:
         rows = slice(c * size, min(n, (c + 1) * size))
-        count = rows.stop - rows.start
-        pad = size - count
+        pad = size - (rows.stop - rows.start)
         k, lr = keys[rows], lrs[rows]
         if pad:
             k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
@@ -131,10 +143,11 @@ def run_chunks(
             k, lr = put((k, lr), by_run)
         t0 = time.perf_counter()
         out = fn(w0, state0, k, lr, data)
-        out = jax.tree.map(lambda a, n=count: a[:n], gather(out))
-        on_chunk(c, rows, out)
-        if progress is not None:
-            progress(count, time.perf_counter() - t0)
+        if previous is not None:
+            finish(*previous)
+        previous = (c, rows, out, t0)
+    if previous is not None:
+        finish(*previous)
 
 
 def diverged_summary(diverged_at: np.ndarray) -> dict[str, Any]:

@@ -46,8 +46,9 @@ from sgdjax.store import lr_tag, pending_chunks
 
 #: JSON logs hold the flat per-step losses only up to this many values (the .npy always has them).
 JSON_LIMIT = 2_000_000
-#: Wide vmaps of the CNN are slower on CPU than small blocks (measured; see docs/benchmarks.md).
-MAX_CHUNK = {"cnn": 16}
+#: vmapping CNN runs is slower on CPU than running them one after another (15 ms per run-step
+#: at width 1 against 25 ms at width 8, float64; see docs/benchmarks.md).
+MAX_CHUNK = {"cnn": 1}
 #: Every process of a multi-host run takes part (see ``sgdjax.distributed``); process 0 writes.
 DISTRIBUTED = True
 
