@@ -220,6 +220,7 @@ def make_trajectory(
     update_rule: UpdateRule = sgd_rule,
     batch_fn: BatchFn | None = None,
     step_extras: StepExtras | None = None,
+    hessian_fn: Callable[[jax.Array, Any, Any, Any], jax.Array] | None = None,
 ) -> Callable[..., Trajectory]:
     """Build ``run(w0, state0, key, lr, data, start=0, opt_state=None) -> Trajectory``.
 
@@ -231,6 +232,8 @@ def make_trajectory(
     ``batch_fn(fold_in(key, step), step) -> (x, y)`` replaces the sampler for tasks generated on
     the device (``sampler`` may then be None). ``step_extras(StepInfo) -> dict`` adds per-step
     records (masked to NaN after a divergence like every other float record).
+    ``hessian_fn(w, state, x, y)`` replaces autodiff for the recorded Hessian where a model has
+    a closed form (the MLP's ``loss_hessian``).
     """
     rec = recorder
     if rec.val_every and eval_loss is None:
@@ -283,8 +286,11 @@ def make_trajectory(
             if rec.grad_norm:
                 out["grad_norm"] = jnp.sqrt(jnp.sum(g * g))
             if rec.hessian or rec.eigvals:
-                h = dense_hessian(lambda v: train_loss(v, state, xb, yb)[0], w,
-                                  batch_size=rec.hessian_chunk or None)
+                if hessian_fn is not None:
+                    h = hessian_fn(w, state, xb, yb)
+                else:
+                    h = dense_hessian(lambda v: train_loss(v, state, xb, yb)[0], w,
+                                      batch_size=rec.hessian_chunk or None)
                 if rec.hessian:
                     out["hessian"] = h
                 if rec.eigvals:

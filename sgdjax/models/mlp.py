@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear
+from sgdjax.models.mlp_hessian import mlp_ce_hessian
 
 
 def adaptive_avg_pool_matrix(n_in: int, n_out: int, dtype: Any = np.float64) -> np.ndarray:
@@ -112,6 +113,14 @@ class MLP(TorchLayoutModel):
 
     def example_features(self, batch: int, dtype: Any = jnp.float32) -> jax.Array:
         return jnp.zeros((batch, self.in_features), dtype=dtype)
+
+    def loss_hessian(self, w: jax.Array, state: Any, feats: jax.Array,
+                     labels: jax.Array) -> jax.Array:
+        """Exact ``[P, P]`` Hessian of the mean cross-entropy at the flat parameters ``w``, in
+        closed form (:mod:`sgdjax.models.mlp_hessian`; ~5x faster than ``jax.hessian``)."""
+        del state  # no BatchNorm
+        return mlp_ce_hessian(w, feats, labels, in_features=self.in_features,
+                              hidden=self.hidden, n_classes=self.n_classes)
 
     def apply(
         self, params: Any, state: Any, feats: jax.Array, *, train: bool

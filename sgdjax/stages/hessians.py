@@ -105,7 +105,9 @@ def run(ctx: Context) -> dict[str, Any]:
                 rec = Recorder() if done else record
                 key_fn = (n, done)
                 if key_fn not in fns:
-                    fns[key_fn] = jax.jit(make_trajectory(train_loss, sampler, n, rec))
+                    fns[key_fn] = jax.jit(make_trajectory(
+                        train_loss, sampler, n, rec,
+                        hessian_fn=getattr(ctx.model, "loss_hessian", None)))
                 # Dispatch is asynchronous: segment c computes while the host stores c - 1.
                 out: Trajectory = fns[key_fn](w, state, key, lr_arr, data, start)
                 if previous is not None:

@@ -107,3 +107,22 @@ def test_configurable_sizes() -> None:
     p, s = m.init(jax.random.key(0))
     logits, _ = m.apply(p, s, jnp.ones((2, 1, 28, 28)), train=False)
     assert logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("hidden, downsample, batch", [(8, 6, 64), (5, 3, 7)])
+def test_closed_form_hessian_equals_autodiff(x64, hidden, downsample, batch) -> None:
+    """The closed-form Hessian of the mean cross-entropy equals jax.hessian to rounding, in the
+    flat PyTorch order, away from init (large logits, SiLU curvature both signs)."""
+    from sgdjax.models.objective import make_loss_fn
+
+    model = MLP(hidden=hidden, downsample=downsample)
+    params, state = model.init(jax.random.key(3), jnp.float64)
+    w = 3.0 * model.flatten(params)
+    x = jax.random.normal(jax.random.key(4), (batch, model.in_features), jnp.float64)
+    y = jax.random.randint(jax.random.key(5), (batch,), 0, 10)
+    loss = make_loss_fn(model, train=True)
+    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    got = jax.jit(model.loss_hessian)(w, state, x, y)
+    assert got.shape == (model.num_params, model.num_params)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-13)
+    assert float(jnp.max(jnp.abs(want))) > 0.05
