@@ -37,22 +37,25 @@ def run_segments(
     total: int,
     seg: int,
     on_segment: Callable[[int, int, dict[str, np.ndarray], jax.Array, Any], None],
-) -> tuple[jax.Array, Any, int]:
+    opt_state: Any = None,
+) -> tuple[jax.Array, Any, int, Any]:
     """Run steps ``start .. total-1`` in calls of ``seg`` steps; ``build(n)`` makes the
     trajectory of ``n`` steps. After each call ``on_segment(first, n, records, w, state)``
-    receives the numpy records and the end point. Stops after the call in which the run
-    diverged. Returns ``(w, state, diverged_at)`` with ``diverged_at = -1`` for a finite run."""
+    receives the numpy records and the end point. The optimiser state (momentum, Adam moments)
+    is carried from call to call (``opt_state`` resumes one; None starts fresh). Stops after the
+    call in which the run diverged. Returns ``(w, state, diverged_at, opt_state)`` with
+    ``diverged_at = -1`` for a finite run."""
     fns: dict[int, Callable[..., Trajectory]] = {}
     done = start
     while done < total:
         n = min(seg, total - done)
         if n not in fns:
             fns[n] = jax.jit(build(n))
-        traj = fns[n](w, state, key, lr, data, done)
-        w, state = traj.params, traj.state
+        traj = fns[n](w, state, key, lr, data, done, opt_state)
+        w, state, opt_state = traj.params, traj.state, traj.opt_state
         on_segment(done, n, jax.tree.map(np.asarray, traj.records), w, state)
         done += n
         diverged_at = int(traj.diverged_at)
         if diverged_at >= 0:
-            return w, state, diverged_at
-    return w, state, -1
+            return w, state, diverged_at, opt_state
+    return w, state, -1, opt_state

@@ -74,7 +74,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         grad_norm=f"{float(rec['grad_norm'][-1]):.3g}")
 
     with bar:
-        w, state, diverged_at = run_segments(
+        w, state, diverged_at, _ = run_segments(
             build, w0, state0, key, lr, data, start=0, total=steps,
             seg=segment_length(GD_SEGMENT, cfg.curvature_every), on_segment=on_segment)
     curvature = [{k: v for k, v in p.items() if k.startswith("curv_")} for p in pieces

@@ -88,7 +88,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 f"log.{k}": np.asarray(v) for k, v in logs.items()})
 
     with bar:
-        w, state, diverged_at = run_segments(
+        w, state, diverged_at, _ = run_segments(
             build, w, state, key, lr, data, start=done * spe, total=total_epochs * spe,
             seg=seg, on_segment=on_segment)
     if diverged_at >= 0:

@@ -225,7 +225,7 @@ def test_run_segments_equals_one_call(problem):
     whole = jax.jit(make_trajectory(loss_fn, sampler, 30, Recorder(params_every=1)))(
         w0, state, key, jnp.float32(0.1), data)
     pieces = []
-    w, _, diverged = run_segments(
+    w, _, diverged, _ = run_segments(
         lambda n: make_trajectory(loss_fn, sampler, n, Recorder(params_every=1)),
         w0, state, key, jnp.float32(0.1), data, start=0, total=30, seg=7,
         on_segment=lambda first, n, rec, w, s: pieces.append((first, rec["params"])))
@@ -235,6 +235,18 @@ def test_run_segments_equals_one_call(problem):
     np.testing.assert_array_equal(w, whole.params)
     assert segment_length(100_000, 100, 0) == 100_000
     assert segment_length(500, 1, 30) == 480 and segment_length(5, 10) == 10
+    # Adam's moments are carried across calls: segments still equal one call.
+    import optax
+
+    adam = lambda lr: optax.adam(lr)  # noqa: E731
+    whole = jax.jit(make_trajectory(loss_fn, sampler, 30, update_rule=adam))(
+        w0, state, key, jnp.float32(0.01), data)
+    w, _, _, opt_state = run_segments(
+        lambda n: make_trajectory(loss_fn, sampler, n, update_rule=adam),
+        w0, state, key, jnp.float32(0.01), data, start=0, total=30, seg=7,
+        on_segment=lambda *a: None)
+    np.testing.assert_allclose(np.asarray(w), np.asarray(whole.params), rtol=1e-6, atol=1e-7)
+    assert int(opt_state[0].count) == 30
 
 
 def _linear_loss(w, state, x, y):
