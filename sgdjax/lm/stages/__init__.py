@@ -1,0 +1,1 @@
+"""Stages of the LM study (see ``sgdjax.lm.STAGES``)."""
