@@ -1,0 +1,1 @@
+"""Stages of the looped study: train, evaluate, figures."""
