@@ -58,6 +58,20 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = None
 
+    def __post_init__(self) -> None:
+        # checked here, not only in OptimizerSpec, so that a sweep-only setup fails at load
+        # time (and --dry-run) with the dotted key rather than when its stage builds the
+        # optimiser
+        for key in ("b1", "b2"):
+            value = getattr(self, key)
+            _check_range(f"optim.{key}", value, 0.0 <= value < 1.0, f"0 <= {key} < 1")
+        _check_range("optim.eps", self.eps, self.eps >= 0, "eps >= 0")
+        _check_range("optim.weight_decay", self.weight_decay, self.weight_decay >= 0,
+                     "weight_decay >= 0")
+        if self.clip_norm is not None:
+            _check_range("optim.clip_norm", self.clip_norm, self.clip_norm > 0,
+                         "clip_norm > 0, or none for no clipping")
+
 
 @dataclass(frozen=True)
 class LogConfig:
@@ -71,6 +85,8 @@ class LogConfig:
         if self.every < 1 or self.first < 0:
             raise ConfigError(f"log.every must be >= 1 and log.first >= 0, got every="
                               f"{self.every}, first={self.first}.")
+        _check_range("log.sat_logit_thr", self.sat_logit_thr, self.sat_logit_thr > 0,
+                     "sat_logit_thr > 0 (a logit counts as saturated when |logit| exceeds it)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,11 @@ class SweepConfig:
             raise ConfigError(f"sweep.steps, sweep.seeds and sweep.num_lrs must be positive, "
                               f"got {self.steps}, {self.seeds}, {self.num_lrs}.")
         _check_names("sweep.optimizers", self.optimizers)
+        # one results file and one lr range per optimiser: a repeat would overwrite the first
+        repeated = sorted({n for n in self.optimizers if self.optimizers.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"sweep.optimizers repeats {', '.join(map(repr, repeated))}: "
+                              f"{list(self.optimizers)}; list each optimizer once.")
         n = len(self.optimizers)
         for key in ("lr_min", "lr_max"):
             if len(getattr(self, key)) != n:
@@ -132,6 +153,15 @@ class SweepConfig:
             if not 0 < lo <= hi:
                 raise ConfigError(f"sweep lr range [{lo}, {hi}] must satisfy 0 < lr_min <= "
                                   "lr_max.")
+        _check_range("sweep.good_tol", self.good_tol, self.good_tol >= 0,
+                     "good_tol >= 0 (an accuracy difference)")
+
+
+def _check_range(key: str, value: float, ok: bool, allowed: str) -> None:
+    """One message for an out-of-range value: the dotted key, the value and what is allowed.
+    ``ok`` is the condition written so that NaN fails it."""
+    if not ok:
+        raise ConfigError(f"{key}={value} is out of range; allowed: {allowed}.")
 
 
 def _check_names(key: str, names: Sequence[str]) -> None:
@@ -166,6 +196,8 @@ class Config:
                               f"{n_train} training points; lower it or raise data.n.")
         for i in range(len(self.train.optimizers)):
             self.train_spec(i)  # validates momentum / Nesterov combinations
+        for name in self.sweep.optimizers:
+            self.sweep_spec(name)  # a sweep-only setup fails here, not in its stage
 
     @property
     def x64(self) -> bool:
@@ -191,6 +223,13 @@ class Config:
                                   t.nesterov[i] if t.nesterov else False)
         except ConfigError as exc:
             raise ConfigError(f"train run {i} ({t.optimizers[i]}): {exc}") from None
+
+    def sweep_spec(self, name: str) -> OptimizerSpec:
+        """The optimiser ``name`` of stage ``sweep`` (default momentum 0.9, no Nesterov)."""
+        try:
+            return self.optimizer(name)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep optimizer {name}: {exc}") from None
 
 
 #: Dotted keys that do not change any result.

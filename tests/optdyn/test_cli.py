@@ -84,6 +84,35 @@ def test_config_errors_are_one_message(override, message, capsys, tmp_path):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.b1=1.5", "optim.b1=1.5 is out of range; allowed: 0 <= b1 < 1."),
+    ("optim.b2=nan", "optim.b2=nan is out of range; allowed: 0 <= b2 < 1."),
+    ("optim.eps=-1e-8", "optim.eps=-1e-08 is out of range; allowed: eps >= 0."),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is out of range"),
+    ("optim.clip_norm=0", "optim.clip_norm=0.0 is out of range; allowed: clip_norm > 0, or none"),
+    ("sweep.good_tol=-0.01", "sweep.good_tol=-0.01 is out of range; allowed: good_tol >= 0"),
+    ("log.sat_logit_thr=0", "log.sat_logit_thr=0.0 is out of range; allowed: sat_logit_thr > 0"),
+    ("sweep.optimizers=sgd,adam,sgd", "sweep.optimizers repeats 'sgd': ['sgd', 'adam', 'sgd']"),
+])
+def test_sweep_only_setup_fails_at_load_time(override, message, capsys):
+    # lr_sweep has no train runs: these values must still be refused before any stage, so
+    # --dry-run reports them with the key, the value and the allowed range
+    assert cli.main(["optdyn", "lr_sweep", "--dry-run", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one line
+
+
+def test_range_edges_are_allowed():
+    from sgdjax.optdyn import load_config
+
+    cfg = load_config("optdyn", "lr_sweep", ("optim.b1=0", "optim.b2=0", "optim.eps=0",
+                                             "optim.clip_norm=1e-3", "sweep.good_tol=0",
+                                             "log.sat_logit_thr=1e-3"))
+    assert cfg.sweep_spec("adam").b1 == 0.0 and cfg.sweep_spec("sgd").clip_norm == 1e-3
+    assert cfg.sweep.good_tol == 0.0 and cfg.log.sat_logit_thr == 1e-3
+
+
 def test_dry_run_lists_dotted_keys(capsys):
     assert cli.main(["optdyn", "lr_sweep", "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -1,16 +1,19 @@
-"""The per-step diagnostics equal hand-computed numpy values on a tiny case."""
+"""The per-step diagnostics equal hand-computed numpy values on a tiny case, and the logged
+update norm is the measured parameter change."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sgdjax.data.sampling import make_sampler
 from sgdjax.engine.trajectory import Data, Recorder, make_trajectory
 from sgdjax.models.moons_mlp import MoonsMLP, make_bce_loss
 from sgdjax.optdyn.diagnostics import LogSpec, diagnostic_keys, logged_steps, make_step_extras
 from sgdjax.optdyn.optimizers import OptimizerSpec, make_update_rule
+from sgdjax.optdyn.runs import init_params
 
 
 def test_logged_steps_follow_the_reference_schedule():
@@ -87,3 +90,34 @@ def test_diagnostics_are_nan_off_the_schedule():
                         Data(x, jnp.array([0, 1, 0, 1]), x, jnp.array([0, 1, 0, 1])))
     logged = np.isfinite(np.asarray(out.records["grad.global"]))
     assert np.flatnonzero(logged).tolist() == [0, 1, 4, 8] == logged_steps(9, 2, 4).tolist()
+
+
+@pytest.mark.parametrize(("name", "lr"), [("sgd", 0.1), ("adam", 0.01)])
+def test_logged_update_norm_is_the_measured_parameter_change(tiny_ctx, name, lr):
+    """``update.*`` (the norm of the optax update) equals ‖θ_after − θ_before‖ taken from the
+    recorded parameters, so eff_step = lr for SGD is a measurement, not an identity.
+
+    θ_after = fl32(θ_before + u); the difference is taken exactly in float64, so it misses u
+    only by the rounding of that addition, at most 2⁻²⁴ per coordinate relative to θ_after:
+    |‖Δθ‖ − ‖u‖| ≤ 2⁻²⁴·‖θ_after‖. rtol 1e-5 on top covers the float32 norm of u itself."""
+    steps, model = 30, tiny_ctx.model
+    traj = make_trajectory(
+        make_bce_loss(model), make_sampler("replacement", tiny_ctx.n_train, 32), steps,
+        Recorder(params_every=1), update_rule=make_update_rule(OptimizerSpec(name)),
+        step_extras=make_step_extras(model, LogSpec(every=50, first=steps)))
+    w0 = init_params(model, jax.random.key(3))
+    out = jax.jit(traj)(w0, {}, jax.random.key(4), jnp.float32(lr), tiny_ctx.data)
+    assert int(out.diverged_at) == -1
+    before = np.asarray(out.records["params"], np.float64)  # [T, P], θ before each step
+    after = np.concatenate([before[1:], np.asarray(out.params, np.float64)[None]])
+    for part, (a, b) in {"global": (0, w0.shape[0]), **model.layers}.items():
+        measured = np.linalg.norm(after[:, a:b] - before[:, a:b], axis=1)
+        logged = np.asarray(out.records[f"update.{part}"], np.float64)
+        bound = 2.0**-24 * np.linalg.norm(after[:, a:b], axis=1) + 1e-5 * logged
+        assert np.all(np.abs(measured - logged) <= bound), part
+        if name == "sgd":  # the measured step over the logged gradient is the lr
+            grad = np.asarray(out.records[f"grad.{part}"], np.float64)
+            assert np.all(np.abs(measured - lr * grad) <= bound + 1e-5 * lr * grad), part
+        else:  # Adam's step is not lr·‖g‖, so the check above would catch a mix-up
+            grad = np.asarray(out.records[f"grad.{part}"], np.float64)
+            assert np.abs(measured / (lr * grad) - 1).max() > 0.1

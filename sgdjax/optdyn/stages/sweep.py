@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdjax.errors import ConfigError
 from sgdjax.optdyn import plots
 from sgdjax.optdyn.config import Config
 from sgdjax.optdyn.runs import compiled_group, final, histories, seed_keys
@@ -40,10 +39,8 @@ def sweep_file(name: str) -> str:
 
 
 def outputs(ctx: Any) -> list[str]:
-    names = ctx.cfg.sweep.optimizers
-    if len(set(names)) != len(names):
-        raise ConfigError(f"sweep.optimizers repeats a name: {list(names)}.")
-    return [sweep_file(n) for n in names] + [SUMMARY]
+    # names are unique: SweepConfig refuses a repeat when the config is loaded
+    return [sweep_file(n) for n in ctx.cfg.sweep.optimizers] + [SUMMARY]
 
 
 def analyse(lrs: np.ndarray, acc: np.ndarray, loss: np.ndarray, diverged_at: np.ndarray,
@@ -99,7 +96,6 @@ def save_figures(store: Store, results: dict[str, dict[str, Any]],
 def run(ctx: Any) -> dict[str, Any]:
     cfg: Config = ctx.cfg
     sw, batch = cfg.sweep, cfg.train.batch_size
-    outputs(ctx)  # validates the optimizer list
     if not sw.optimizers:
         ctx.store.save_json(SUMMARY, {"optimizers": {}})
         return {"runs": 0, "note": "no sweep in this setup (sweep.optimizers is empty)"}
@@ -116,7 +112,7 @@ def run(ctx: Any) -> dict[str, Any]:
             keys = jnp.tile(seeds, sw.num_lrs)
             run_lrs = jnp.repeat(jnp.asarray(lrs), sw.seeds)
             t0 = time.perf_counter()
-            compiled = compiled_group(ctx.model, cfg.optimizer(name), ctx.log_spec, sw.steps,
+            compiled = compiled_group(ctx.model, cfg.sweep_spec(name), ctx.log_spec, sw.steps,
                                       batch, ctx.n_train, ctx.n_val, int(keys.shape[0]))
             t1 = time.perf_counter()
             traj = jax.block_until_ready(compiled(keys, run_lrs, data))
