@@ -15,40 +15,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdjax.models.qwen3 import Qwen3
+from sgdjax.models.qwen3 import ParamsHook, Qwen3
 
 
-def token_nll(model: Qwen3, params: Any, tokens: jax.Array, mask: jax.Array
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def token_nll(model: Qwen3, params: Any, tokens: jax.Array, mask: jax.Array,
+              use_params: ParamsHook | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(sum of target negative log-likelihoods, number of counted targets, number of targets
-    predicted correctly by argmax) of a batch of blocks."""
+    predicted correctly by argmax) of a batch of blocks; ``use_params`` as in
+    ``Qwen3.logits``."""
     mask = mask.astype(bool)
     ids, targets = tokens[:, :-1], tokens[:, 1:]
     weight = (mask[:, 1:] & mask[:, :-1]).astype(jnp.float32)
-    logits = model.logits(params, ids, mask[:, :-1])
+    logits = model.logits(params, ids, mask[:, :-1], use_params)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - picked
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return jnp.sum(nll * weight), jnp.sum(weight), jnp.sum(correct * weight)
 
 
-def mean_loss(model: Qwen3, params: Any, tokens: jax.Array, mask: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
+def mean_loss(model: Qwen3, params: Any, tokens: jax.Array, mask: jax.Array,
+              use_params: ParamsHook | None = None) -> tuple[jax.Array, jax.Array]:
     """(mean loss over the batch's counted targets, correct predictions)."""
-    total, count, correct = token_nll(model, params, tokens, mask)
+    total, count, correct = token_nll(model, params, tokens, mask, use_params)
     return total / jnp.maximum(count, 1.0), correct
 
 
-def flat_loss(model: Qwen3) -> Callable[..., tuple[jax.Array, tuple[Any, jax.Array]]]:
-    """The engine's ``loss(w, state, x, y)``: x = token blocks, y = their mask, w the flat
-    parameter vector (Hugging Face ``parameters()`` order)."""
+EngineLoss = Callable[..., tuple[jax.Array, tuple[Any, jax.Array]]]
 
-    def loss(w: jax.Array, state: Any, x: jax.Array, y: jax.Array
+
+def tree_loss(model: Qwen3, use_params: ParamsHook | None = None) -> EngineLoss:
+    """The engine's ``loss(params, state, x, y)`` on the parameter pytree: x = token blocks,
+    y = their mask."""
+
+    def loss(params: Any, state: Any, x: jax.Array, y: jax.Array
              ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        value, correct = mean_loss(model, model.unflatten(w), x, y)
+        value, correct = mean_loss(model, params, x, y, use_params)
         return value, (state, correct)
 
     return loss
+
+
+def flat_loss(model: Qwen3) -> EngineLoss:
+    """:func:`tree_loss` of the flat parameter vector (Hugging Face ``parameters()`` order)."""
+    loss = tree_loss(model)
+    return lambda w, state, x, y: loss(model.unflatten(w), state, x, y)
 
 
 def evaluate(model: Qwen3, params: Any, tokens: np.ndarray | jax.Array,
@@ -79,4 +89,5 @@ def eval_sums(model: Qwen3, params: Any, tokens: jax.Array, mask: jax.Array, bat
 _eval_sums = jax.jit(eval_sums, static_argnums=(0, 4))
 
 
-__all__ = ["eval_sums", "evaluate", "flat_loss", "mean_loss", "token_nll"]
+__all__ = ["EngineLoss", "eval_sums", "evaluate", "flat_loss", "mean_loss", "token_nll",
+           "tree_loss"]

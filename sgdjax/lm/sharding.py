@@ -10,7 +10,7 @@ dp      replicated           all-reduced, replicated     replicated (DDP, ZeRO-0
 zero1   replicated           all-reduced, replicated     sharded; updated parameters gathered
 zero2   replicated           reduce-scattered, sharded   sharded
 zero3   sharded, gathered    reduce-scattered, sharded   sharded (FSDP full_shard)
-        for each use
+        per layer
 ======  ===================  ==========================  ===================================
 
 A tensor is sharded along its largest axis that the device count divides (small vectors such as
@@ -18,9 +18,17 @@ norm weights stay replicated when none does). The layout is stated with ``NamedS
 every leaf and ``with_sharding_constraint`` inside the step; XLA's SPMD partitioner inserts the
 collectives (all-reduce, reduce-scatter, all-gather) that the layouts imply.
 
+ZeRO-3 gathers inside each module (:attr:`Plan.use_params`, the model's ``use_params`` hook):
+the forward pass gathers one decoder layer's weights at a time, and the backward pass gathers
+them again (the layers are rematerialised without keeping the gathered weights), so besides its
+shard a device holds about one module's full weights at a time -- FSDP's
+``reshard_after_forward``. The replicated modes pin the parameters the loss reads as replicated,
+so that sharding propagation from the sharded gradient buffer or optimizer state cannot split
+the forward and backward computation along weight axes.
+
 Memory per device is given analytically from the shapes and the layouts (bytes of parameters,
-gradient buffers and optimizer state that one device holds) for any mode, device count and model
-size -- the ``paper`` model included, without allocating it.
+gradient buffers and optimizer state that one device holds, plus ZeRO-3's gathered module) for
+any mode, device count and model size -- the ``paper`` model included, without allocating it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgdjax.errors import ConfigError
+from sgdjax.models.qwen3 import ParamsHook
 
 AXIS = "data"
 MODES: tuple[str, ...] = ("dp", "zero1", "zero2", "zero3")
@@ -95,6 +104,23 @@ class Plan:
     def replicated(self) -> NamedSharding:
         return self.named(P())
 
+    @property
+    def use_params(self) -> ParamsHook | None:
+        """The model's ``use_params`` hook: ZeRO-3 all-gathers each module's weights inside
+        that module; the other modes store them replicated and need none."""
+        if self.mode != "zero3":
+            return None
+        constrain = jax.lax.with_sharding_constraint
+
+        def gather(a: jax.Array) -> jax.Array:
+            # Stating the stored layout first keeps the gather after the rematerialisation's
+            # barrier in the backward pass; otherwise propagation hoists it before the barrier,
+            # where XLA merges it with the forward pass's gather (one gather, held throughout).
+            stored = constrain(a, self.named(leaf_spec(tuple(a.shape), self.n)))
+            return constrain(stored, self.replicated)
+
+        return lambda tree: jax.tree.map(gather, tree)
+
 
 def make_plan(mesh: Mesh, mode: str, params: Any, opt_state: Any) -> Plan:
     """Layouts of ``params`` and ``opt_state`` (arrays or ShapeDtypeStructs) for ``mode``."""
@@ -120,10 +146,21 @@ def _bytes(shape: tuple[int, ...], dtype: Any, spec: P, n: int) -> int:
     return size // n if any(s is not None for s in spec) else size
 
 
+def gathered_bytes(params: Any) -> int:
+    """Full size of the largest top-level module (embedding, one decoder layer, norm, head):
+    what ZeRO-3 holds gathered besides its shards. Modules follow one another in the forward
+    and (gathering again) in the backward pass, so one is alive at a time, give or take the
+    overlap of neighbours that XLA's scheduler allows."""
+    modules = params.values() if isinstance(params, dict) else [params]
+    return max((sum(_bytes(a.shape, a.dtype, P(), 1) for a in jax.tree.leaves(m))
+                for m in modules), default=0)
+
+
 def state_bytes_per_device(params: Any, opt_state: Any, mode: str, n: int,
                            grad_dtype: Any = np.float32) -> dict[str, int]:
     """Bytes one device holds for parameters, the gradient accumulation buffer and the optimizer
-    state, from shapes alone (``jax.eval_shape`` output is enough)."""
+    state, and ZeRO-3's transient of one gathered module (``gathered``, 0 for the replicated
+    modes), from shapes alone (``jax.eval_shape`` output is enough)."""
     p_specs = _specs(params, n, mode == "zero3")
     g_specs = _specs(params, n, mode in ("zero2", "zero3"))
     o_specs = _specs(opt_state, n, mode != "dp")
@@ -135,6 +172,7 @@ def state_bytes_per_device(params: Any, opt_state: Any, mode: str, n: int,
                      zip(leaves, jax.tree.leaves(g_specs), strict=True)),
         "opt_state": sum(_bytes(a.shape, a.dtype, s, n) for a, s in
                          zip(jax.tree.leaves(opt_state), jax.tree.leaves(o_specs), strict=True)),
+        "gathered": gathered_bytes(params) if mode == "zero3" and n > 1 else 0,
     }
     out["total"] = sum(out.values())
     return out
@@ -154,5 +192,5 @@ def activation_bytes(model: Any, micro_batch: int, seq_len: int, remat: bool) ->
     return int(layers + 2 * tokens * model.vocab_size * 4)
 
 
-__all__ = ["AXIS", "MODES", "Plan", "activation_bytes", "leaf_spec", "make_mesh", "make_plan",
-           "state_bytes_per_device"]
+__all__ = ["AXIS", "MODES", "Plan", "activation_bytes", "gathered_bytes", "leaf_spec",
+           "make_mesh", "make_plan", "state_bytes_per_device"]

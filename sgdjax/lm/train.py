@@ -14,7 +14,8 @@ parameters for ZeRO-1); the engine's flat vector cannot express a per-tensor lay
 place for those constraints. So :func:`make_sharded_segment` is one jitted ``lax.scan`` over
 optimizer steps, each an inner scan over the micro-batches, reusing the same loss, optimizer,
 schedule and sampler (with the same keys it draws exactly the batches of the engine path, which
-the tests use to check that both paths agree).
+the tests use to check that both paths agree). ZeRO-3's per-layer gathers live in the model
+(``Plan.use_params``); validation reuses the engine's ``evaluate`` between segments.
 
 Budgets: ``max_steps`` optimizer steps and/or ``max_seconds`` of wall clock (compilation
 included, as the seed's 30-minute callback counted it), checked between compiled segments.
@@ -35,11 +36,11 @@ import numpy as np
 import optax
 
 from sgdjax.data.sampling import Sampler, make_sampler
-from sgdjax.engine.trajectory import Data, Recorder, make_trajectory
+from sgdjax.engine.trajectory import Data, Recorder, evaluate, make_trajectory
 from sgdjax.errors import ConfigError
 from sgdjax.lm.config import LMConfig, segment_length
 from sgdjax.lm.data import Corpus
-from sgdjax.lm.loss import eval_sums, flat_loss, mean_loss
+from sgdjax.lm.loss import EngineLoss, eval_sums, flat_loss, tree_loss
 from sgdjax.lm.optim import accumulate, on_pytree, optimizer
 from sgdjax.lm.schedules import make_schedule
 from sgdjax.lm.sharding import Plan, make_plan, state_bytes_per_device
@@ -47,6 +48,8 @@ from sgdjax.models.qwen3 import Qwen3
 
 # fold_in streams of the setup seed
 INIT_STREAM, DATA_STREAM, GENERATE_STREAM = 0, 1, 2
+# validation blocks per slice, in both paths (the same slices give the same rounding)
+VAL_BATCH = 64
 
 # (optimizer steps done, {name: [R, ...] numpy records of the segment}) after each segment
 SegmentHook = Callable[[int, dict[str, np.ndarray]], None]
@@ -107,17 +110,25 @@ def lr_values(cfg: LMConfig, lr: float, steps: int, upto: int) -> np.ndarray:
 @dataclass
 class Budget:
     """Stops after ``max_steps`` optimizer steps or ``max_seconds`` of wall clock; seconds spent
-    compiling count unless ``count_compile`` is False (then ``compile_s`` is subtracted)."""
+    compiling count unless ``count_compile`` is False (then ``compile_s`` is subtracted).
+
+    The clock is read between segments only, so a run ends with the first segment that reaches
+    the deadline; the first segment always runs (like the step HF's per-step callback lets
+    finish), so a run under any budget reports something."""
 
     max_steps: int | None
     max_seconds: float | None
     count_compile: bool = True
     compile_s: float = 0.0
-    start: float = field(default_factory=time.perf_counter)
+    clock: Callable[[], float] = time.perf_counter
+    start: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start = self.clock()
 
     def next_length(self, done: int, seg: int) -> int:
         used = self.elapsed - (0.0 if self.count_compile else self.compile_s)
-        if self.max_seconds is not None and used >= self.max_seconds:
+        if done and self.max_seconds is not None and used >= self.max_seconds:
             return 0
         if self.max_steps is None:
             return seg
@@ -125,7 +136,7 @@ class Budget:
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
 
 class _Compiled:
@@ -205,7 +216,8 @@ def train_flat(
     rule = update_rule(cfg, model, steps_h, flat=True)
     loss = flat_loss(model)
     seg = segment_length(cfg)
-    recorder = Recorder(val_every=t.eval_every * g, val_batch=64) if t.eval_every else Recorder()
+    recorder = (Recorder(val_every=t.eval_every * g, val_batch=VAL_BATCH) if t.eval_every
+                else Recorder())
 
     def build(n_opt: int) -> Callable[..., Any]:
         # Segments start at multiples of eval_every, so validation falls on the same global
@@ -282,6 +294,39 @@ def _vmapped_eval(model: Qwen3, batch: int) -> Callable[..., Any]:
 # sharded runs: one jitted scan on a mesh
 
 
+def sharded_loss(model: Qwen3, plan: Plan) -> EngineLoss:
+    """The engine-style loss of the parameter pytree as a sharded step computes it: ZeRO-3
+    gathers each module's weights inside it (``plan.use_params``); the replicated modes pin the
+    parameters as replicated, which costs nothing but keeps the sharded gradient buffer's or
+    optimizer state's layout from propagating into the model's matmuls."""
+    loss = tree_loss(model, plan.use_params)
+    if plan.use_params is not None:
+        return loss
+
+    def pinned(params: Any, state: Any, x: jax.Array, y: jax.Array) -> Any:
+        return loss(jax.lax.with_sharding_constraint(params, plan.replicated_params), state, x, y)
+
+    return pinned
+
+
+def make_sharded_eval(model: Qwen3, plan: Plan) -> Callable[..., jax.Array]:
+    """``val_loss(params, val_x, val_y)``: the engine's validation (same slices, same
+    example-weighted mean) of sharded parameters, the validation blocks split over the mesh."""
+    loss = sharded_loss(model, plan)
+
+    def split(params: Any, state: Any, x: jax.Array, y: jax.Array) -> Any:
+        if x.shape[0] % plan.n == 0:  # a short last slice that does not divide stays whole
+            x = jax.lax.with_sharding_constraint(x, plan.batch)
+            y = jax.lax.with_sharding_constraint(y, plan.batch)
+        return loss(params, state, x, y)
+
+    def val_loss(params: Any, val_x: jax.Array, val_y: jax.Array) -> jax.Array:
+        return evaluate(split, params, None, val_x, val_y, VAL_BATCH)[0]
+
+    rep = plan.replicated
+    return jax.jit(val_loss, in_shardings=(plan.params, rep, rep), out_shardings=rep)
+
+
 def make_sharded_segment(model: Qwen3, opt: optax.GradientTransformation, plan: Plan,
                          grad_accum: int) -> Callable[..., Any]:
     """``segment(params, opt_state, tokens, mask, idx [n, G, B], start, diverged_at) ->
@@ -290,11 +335,10 @@ def make_sharded_segment(model: Qwen3, opt: optax.GradientTransformation, plan: 
     the plan says (replicated: all-reduce; sharded: reduce-scatter), averaged, clipped and
     applied; a non-finite step freezes the run like the engine does."""
     constrain = jax.lax.with_sharding_constraint
+    loss_of = sharded_loss(model, plan)
 
     def loss_fn(params: Any, x: jax.Array, m: jax.Array) -> jax.Array:
-        if plan.mode == "zero3":
-            params = constrain(params, plan.replicated_params)  # all-gather for the use
-        return mean_loss(model, params, x, m)[0]
+        return loss_of(params, None, x, m)[0]
 
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -350,8 +394,10 @@ def make_sharded_segment(model: Qwen3, opt: optax.GradientTransformation, plan: 
 
 @dataclass
 class ShardedResult:
-    params: Any  # host numpy pytree
+    params: Any  # pytree of jax.Arrays laid out as the plan says (see tree_to_flat)
     loss: np.ndarray  # [steps]
+    val_steps: np.ndarray  # [V] optimizer steps after which validation ran
+    val_loss: np.ndarray  # [V]
     steps: int
     diverged_at: int
     wall_s: float
@@ -364,6 +410,51 @@ class ShardedResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / max(self.wall_s - self.compile_s, 1e-9)
+
+
+@dataclass(frozen=True)
+class ShardedSetup:
+    """What a sharded run compiles, from shapes alone."""
+
+    plan: Plan
+    opt: optax.GradientTransformation
+    params_shape: Any  # pytree of ShapeDtypeStruct
+    opt_shape: Any
+    segment: Any  # make_sharded_segment's jitted function
+
+
+def sharded_setup(cfg: LMConfig, model: Qwen3, mesh: Any, mode: str, n_train_blocks: int,
+                  lr: float | None = None) -> ShardedSetup:
+    opt = update_rule(cfg, model, horizon(cfg, n_train_blocks), flat=False)(
+        jnp.float32(cfg.optim.lr if lr is None else lr))
+    # The initial point's shapes do not depend on the seed.
+    params_shape = jax.eval_shape(lambda: init_params(model, 0, cfg.model.param_dtype))
+    opt_shape = jax.eval_shape(opt.init, params_shape)
+    plan = make_plan(mesh, mode, params_shape, opt_shape)
+    return ShardedSetup(plan, opt, params_shape, opt_shape,
+                        make_sharded_segment(model, opt, plan, cfg.train.grad_accum))
+
+
+def lower_sharded_segment(cfg: LMConfig, model: Qwen3, mesh: Any, mode: str,
+                          n_train_blocks: int, steps: int = 1) -> Any:
+    """A sharded run's segment of ``steps`` optimizer steps lowered for abstract inputs
+    (nothing is allocated), e.g. to read the collectives of ``.compile().as_text()``."""
+    setup = sharded_setup(cfg, model, mesh, mode, n_train_blocks)
+    plan, rep = setup.plan, setup.plan.replicated
+
+    def abstract(shape: tuple[int, ...], dtype: Any, sharding: Any = rep) -> Any:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    def like(tree: Any, shardings: Any) -> Any:
+        return jax.tree.map(lambda a, s: abstract(a.shape, a.dtype, s), tree, shardings)
+
+    block = (n_train_blocks, cfg.data.seq_len + 1)
+    micro = cfg.train.batch_size * plan.n
+    return setup.segment.lower(
+        like(setup.params_shape, plan.params), like(setup.opt_shape, plan.opt_state),
+        abstract(block, jnp.int32), abstract(block, jnp.bool_),
+        abstract((steps, cfg.train.grad_accum, micro), jnp.int32), abstract((), jnp.int32),
+        abstract((), jnp.int32))
 
 
 def train_sharded(
@@ -380,65 +471,59 @@ def train_sharded(
 ) -> ShardedResult:
     """One run sharded over ``mesh`` (global micro-batch = devices x ``train.batch_size``),
     for the budget of ``cfg.train``. ``cfg.parallel.devices`` should equal the mesh size (it
-    sets the global batch the epoch horizon refers to)."""
+    sets the global batch the epoch horizon refers to). Validation runs after every
+    ``train.eval_every`` steps on the blocks, slices and loss of :func:`train_flat`'s, so both
+    paths give the same curve; each compiled segment therefore ends at a validation step."""
     seed = cfg.seed if seed is None else seed
-    lr = cfg.optim.lr if lr is None else lr
     n_dev = int(mesh.devices.size)
-    g = cfg.train.grad_accum
-    global_micro = cfg.train.batch_size * n_dev
+    t, g = cfg.train, cfg.train.grad_accum
+    global_micro = t.batch_size * n_dev
     sampler = sampler_for(cfg, corpus, global_micro)
-    steps_h = horizon(cfg, corpus.train.tokens.shape[0])
-    opt = update_rule(cfg, model, steps_h, flat=False)(jnp.float32(lr))
-
-    params_shape = jax.eval_shape(lambda: init_params(model, seed, cfg.model.param_dtype))
-    opt_shape = jax.eval_shape(opt.init, params_shape)
-    plan = make_plan(mesh, mode, params_shape, opt_shape)
+    setup = sharded_setup(cfg, model, mesh, mode, corpus.train.tokens.shape[0], lr)
+    plan, rep = setup.plan, setup.plan.replicated
     params = jax.jit(lambda: init_params(model, seed, cfg.model.param_dtype),
                      out_shardings=plan.params)()
-    opt_state = jax.jit(opt.init, out_shardings=plan.opt_state)(params)
-    rep = plan.replicated
-    tokens = jax.device_put(jnp.asarray(corpus.train.tokens), rep)
-    mask = jax.device_put(jnp.asarray(corpus.train.mask), rep)
+    opt_state = jax.jit(setup.opt.init, out_shardings=plan.opt_state)(params)
+    data = jax.device_put(engine_data(cfg, corpus), rep)
     data_key = stream_key(seed, DATA_STREAM)
-    segment = make_sharded_segment(model, opt, plan, g)
-    seg = segment_length(cfg)
-    budget = Budget(cfg.train.max_steps, cfg.train.max_seconds, cfg.train.count_compile)
+    segments = _Compiled(lambda n: setup.segment)
+    val_loss = _Compiled(lambda _: make_sharded_eval(model, plan))
+    budget = Budget(t.max_steps, t.max_seconds, t.count_compile)
 
-    compiled: dict[int, Any] = {}
-    compile_s = 0.0
     xla_memory: dict[str, int] = {}
     diverged = jnp.int32(-1)
     losses: list[np.ndarray] = []
+    val_steps: list[int] = []
+    val_losses: list[float] = []
     done = 0
-    while (n := budget.next_length(done, seg)) > 0:
+    while (n := budget.next_length(done, t.eval_every or segment_length(cfg))) > 0:
         idx = sampler.batches(data_key, done * g, n * g).reshape(n, g, global_micro)
-        args = (params, opt_state, tokens, mask, jax.device_put(idx, rep),
-                jax.device_put(jnp.int32(done), rep), jax.device_put(diverged, rep))
-        if n not in compiled:
-            t0 = time.perf_counter()
-            compiled[n] = segment.lower(*args).compile()
-            compile_s += time.perf_counter() - t0
-            budget.compile_s = compile_s
-            if not xla_memory:
-                xla_memory = _memory_analysis(compiled[n])
-        params, opt_state, diverged, recs = compiled[n](*args)
-        step_loss = np.asarray(recs["loss"])
-        losses.append(step_loss)
+        params, opt_state, diverged, recs = segments(
+            n, params, opt_state, data.train_x, data.train_y, jax.device_put(idx, rep),
+            jax.device_put(jnp.int32(done), rep), jax.device_put(diverged, rep))
+        xla_memory = xla_memory or _memory_analysis(segments.fns[n])
+        losses.append(np.asarray(recs["loss"]))
         done += n
+        records = {"loss": losses[-1][None]}
+        if t.eval_every and done % t.eval_every == 0:
+            value = float(val_loss(0, params, data.val_x, data.val_y))
+            val_steps.append(done)
+            val_losses.append(float("nan") if int(diverged) >= 0 else value)  # as the engine
+            records["val_loss"] = np.array([val_losses[-1:]])
+        budget.compile_s = segments.compile_s + val_loss.compile_s
         if progress is not None:
             progress.update(n)
         if on_segment is not None:
-            on_segment(done, {"loss": step_loss[None]})
+            on_segment(done, records)
         if int(diverged) >= 0:
             break
     jax.block_until_ready(params)
-    wall = budget.elapsed
     return ShardedResult(
-        params=jax.tree.map(np.asarray, params),
-        loss=np.concatenate(losses) if losses else np.zeros(0),
-        steps=done, diverged_at=int(diverged), wall_s=wall, compile_s=compile_s,
-        tokens=done * g * global_micro * cfg.data.seq_len,
-        memory=state_bytes_per_device(params_shape, opt_shape, mode, n_dev),
+        params=params, loss=np.concatenate(losses) if losses else np.zeros(0),
+        val_steps=np.asarray(val_steps, np.int64), val_loss=np.asarray(val_losses, np.float64),
+        steps=done, diverged_at=int(diverged), wall_s=budget.elapsed,
+        compile_s=budget.compile_s, tokens=done * g * global_micro * cfg.data.seq_len,
+        memory=state_bytes_per_device(setup.params_shape, setup.opt_shape, mode, n_dev),
         xla_memory=xla_memory, device_memory_peak=_peak_memory(mesh),
     )
 
@@ -465,10 +550,12 @@ def _peak_memory(mesh: Any) -> int | None:
 
 
 def tree_to_flat(model: Qwen3, params: Any) -> np.ndarray:
-    return np.asarray(model.flatten(jax.tree.map(jnp.asarray, params)))
+    """The flat vector of a parameter pytree (numpy, or arrays laid out on a mesh)."""
+    return np.asarray(model.flatten(jax.tree.map(jnp.asarray, jax.device_get(params))))
 
 
-__all__ = ["DATA_STREAM", "GENERATE_STREAM", "INIT_STREAM", "Budget", "FlatResult",
-           "ShardedResult", "engine_data", "evaluate_flat", "horizon", "init_params",
-           "lr_values", "make_sharded_segment", "sampler_for", "stream_key",
+__all__ = ["DATA_STREAM", "GENERATE_STREAM", "INIT_STREAM", "VAL_BATCH", "Budget", "FlatResult",
+           "ShardedResult", "ShardedSetup", "engine_data", "evaluate_flat", "horizon",
+           "init_params", "lower_sharded_segment", "lr_values", "make_sharded_eval",
+           "make_sharded_segment", "sampler_for", "sharded_loss", "sharded_setup", "stream_key",
            "train_flat", "train_sharded", "tree_to_flat", "update_rule"]

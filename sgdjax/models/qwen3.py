@@ -17,11 +17,19 @@ Compute precision is a model field: ``compute_dtype="bfloat16"`` casts the (floa
 weights and activations to bf16 for the matmuls while norms, softmax and the loss stay in float32,
 as Hugging Face does under ``bf16=True``. ``remat=True`` rematerialises each decoder layer in the
 backward pass (``jax.checkpoint``).
+
+``logits(..., use_params=f)`` reads the parameters of the embedding, of each child of every
+decoder layer (attention, MLP, norms), of the final norm and of the head through ``f`` where
+that module computes -- fully sharded training passes a gather, so one layer's full weights
+exist at a time. The decoder layers are then rematerialised (without ``remat``: keeping their
+matmul outputs, recomputing the rest), so the backward pass applies ``f`` again (gathers again)
+instead of keeping every layer's ``f`` results from the forward to the backward pass.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -33,6 +41,8 @@ from sgdjax.errors import ConfigError, did_you_mean
 from sgdjax.models.base import Params, ParamSpec, TorchLayoutModel, declared
 
 ComputeDtype = Literal["float32", "bfloat16"]
+#: Maps one module's parameter tree to the tree it computes with (see ``Qwen3.logits``).
+ParamsHook = Callable[[Any], Any]
 
 #: Architecture sizes of the presets (vocabulary excluded: it comes from the tokenizer).
 PRESETS: dict[str, dict[str, int]] = {
@@ -153,23 +163,47 @@ class MLP(nn.Module):
         return Linear(i, h, self.param_dtype, name="down_proj")(jax.nn.silu(gate) * up)
 
 
+def _reading_through(cls: type[nn.Module], hook: ParamsHook | None) -> type[nn.Module]:
+    """``cls`` computing with ``hook(its parameters)`` (``cls`` itself without a hook). The
+    mapping runs where the wrapped module is called, so inside a rematerialised layer only when
+    the layer's own body wraps its children: flax applies it outside any lifted transform
+    wrapped around it."""
+    if hook is None:
+        return cls
+    return nn.map_variables(cls, "params", trans_in_fn=hook)
+
+
 class DecoderLayer(nn.Module):
     cfg: Qwen3
     param_dtype: Any = jnp.float32
+    use_params: ParamsHook | None = None  # applied to each child's parameters, see Qwen3.logits
 
     @nn.compact
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  key_mask: jax.Array | None) -> jax.Array:
         c = self.cfg
+        hook = self.use_params
+        norm = _reading_through(RMSNorm, hook)
         # Submodules are created in the order of Hugging Face's __init__ (attention, MLP, norms),
         # which only matters for readability: the flat order comes from ``Qwen3.layout``.
-        attn = Attention(c, self.param_dtype, name="self_attn")
-        mlp = MLP(c, self.param_dtype, name="mlp")
-        ln1 = RMSNorm(c.hidden_size, c.norm_eps, self.param_dtype, name="input_layernorm")
-        ln2 = RMSNorm(c.hidden_size, c.norm_eps, self.param_dtype,
-                      name="post_attention_layernorm")
+        attn = _reading_through(Attention, hook)(c, self.param_dtype, name="self_attn")
+        mlp = _reading_through(MLP, hook)(c, self.param_dtype, name="mlp")
+        ln1 = norm(c.hidden_size, c.norm_eps, self.param_dtype, name="input_layernorm")
+        ln2 = norm(c.hidden_size, c.norm_eps, self.param_dtype, name="post_attention_layernorm")
         x = x + attn(ln1(x), cos, sin, key_mask)
         return x + mlp(ln2(x))
+
+
+def _layer_class(remat: bool, hooked: bool) -> type[nn.Module]:
+    if remat:
+        return nn.remat(DecoderLayer)  # recomputes the whole layer, the hook included
+    if hooked:
+        # Keep the matmul outputs (the costly part) and recompute the rest, the hook's results
+        # among it: the backward pass re-applies the hook, so no layer's hooked weights outlive
+        # its forward computation. (jax's save_anything_except_these_names saves everything,
+        # names or not, so naming the hook's results cannot exclude them.)
+        return nn.remat(DecoderLayer, policy=jax.checkpoint_policies.dots_saveable)
+    return DecoderLayer
 
 
 class Decoder(nn.Module):
@@ -177,21 +211,25 @@ class Decoder(nn.Module):
 
     cfg: Qwen3
     param_dtype: Any = jnp.float32
+    use_params: ParamsHook | None = None  # see Qwen3.logits
 
     @nn.compact
     def __call__(self, ids: jax.Array, key_mask: jax.Array | None = None,
                  train: bool = False) -> jax.Array:
         del train  # no dropout: training and evaluation run the same function
-        c = self.cfg
+        c, hook = self.cfg, self.use_params
         cdt = jnp.dtype(c.compute_dtype)
-        x = Embedding(c.vocab_size, c.hidden_size, self.param_dtype, name="embed_tokens")(ids)
+        x = _reading_through(Embedding, hook)(c.vocab_size, c.hidden_size, self.param_dtype,
+                                              name="embed_tokens")(ids)
         x = x.astype(cdt)
         cos, sin = rope_tables(jnp.arange(ids.shape[1]), c.head_dim, c.rope_theta)
-        layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
+        layer_cls = _layer_class(c.remat, hook is not None)
         for i in range(c.num_layers):
-            x = layer_cls(c, self.param_dtype, name=f"layers_{i}")(x, cos, sin, key_mask)
-        x = RMSNorm(c.hidden_size, c.norm_eps, self.param_dtype, name="norm")(x)
-        logits = Linear(c.hidden_size, c.vocab_size, self.param_dtype, name="lm_head")(x)
+            x = layer_cls(c, self.param_dtype, hook, name=f"layers_{i}")(x, cos, sin, key_mask)
+        x = _reading_through(RMSNorm, hook)(c.hidden_size, c.norm_eps, self.param_dtype,
+                                            name="norm")(x)
+        logits = _reading_through(Linear, hook)(c.hidden_size, c.vocab_size, self.param_dtype,
+                                                name="lm_head")(x)
         return logits.astype(jnp.float32)
 
 
@@ -255,11 +293,13 @@ class Qwen3(TorchLayoutModel):
         return jnp.zeros((batch, 8), jnp.int32)
 
     # -- forward ----------------------------------------------------------------------------
-    def logits(self, params: Params, ids: jax.Array,
-               key_mask: jax.Array | None = None) -> jax.Array:
+    def logits(self, params: Params, ids: jax.Array, key_mask: jax.Array | None = None,
+               use_params: ParamsHook | None = None) -> jax.Array:
         """float32 logits ``[B, T, vocab]`` of token ids ``[B, T]``; ``key_mask [B, T]``
-        (True for real tokens) hides padding keys from attention."""
-        return self.module(self.param_dtype(params)).apply({"params": params}, ids, key_mask)
+        (True for real tokens) hides padding keys from attention. ``use_params`` maps each
+        module's parameters where that module computes (see the module docstring)."""
+        module = Decoder(self, self.param_dtype(params), use_params)
+        return module.apply({"params": params}, ids, key_mask)
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward = 3 x forward): 6 x matmul parameters
@@ -317,4 +357,5 @@ def count_params(preset: str, vocab_size: int) -> int:
     return Qwen3.preset(preset, vocab_size).num_params
 
 
-__all__ = ["PRESETS", "Qwen3", "apply_rope", "count_params", "rms_norm", "rope_tables"]
+__all__ = ["PRESETS", "ParamsHook", "Qwen3", "apply_rope", "count_params", "rms_norm",
+           "rope_tables"]

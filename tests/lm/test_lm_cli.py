@@ -99,3 +99,23 @@ def test_sweep_grid_runs_lr_x_seed_as_one_vmapped_call(tiny_sweep: tuple[Path, s
     assert csv_head.startswith("name,learning_rate,seed,lr,")
     assert (tmp_path / "sweep.png").is_file() and "final_eval_loss" in printed
     assert "group 1: 4 run(s) vmapped" in printed
+
+
+def test_a_sharded_run_validates_like_the_plain_run(
+        tiny_run: Path, tmp_path: Path, shakespeare_root: Path, small_model: dict[str, int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same setup on a 1-device mesh (ZeRO-3's code path: per-module gathers, the sharded
+    # step and evaluation): the same validation steps and, to rounding, the same losses.
+    monkeypatch.setenv("SGDJAX_DATA_DIR", str(shakespeare_root))
+    monkeypatch.setenv("SGDJAX_OFFLINE", "1")
+    argv = ["lm", "tiny", "--out", str(tmp_path), "--stages", "train", "--no-progress"]
+    for item in [f"{k}={v}" for k, v in small_model.items()] + FAST + [
+            "parallel.mode=zero3", "parallel.devices=1"]:
+        argv += ["--set", item]
+    assert run_cli.main(argv) == 0
+    sharded = json.loads((tmp_path / "logs_train.json").read_text())
+    plain = json.loads((tiny_run / "logs_train.json").read_text())
+    assert sharded["val_steps"] == plain["val_steps"] == [75, 150]
+    np.testing.assert_allclose(sharded["val_loss"], plain["val_loss"], rtol=1e-4)
+    log = read_log(tmp_path / "train_log.jsonl")
+    assert [r["step"] for r in log if "eval/loss" in r] == [75, 150]

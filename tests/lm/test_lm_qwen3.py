@@ -123,3 +123,37 @@ def test_forward_matches_a_numpy_reference_with_gqa_rope_and_padding() -> None:
     got2 = np.asarray(jax.jit(m.logits)(params, ids2, key_mask))
     np.testing.assert_array_equal(got2[:, :5], got[:, :5])
     assert np.abs(got2[0, 5:] - got[0, 5:]).max() > 1e-3
+
+
+def test_remat_and_a_params_hook_leave_loss_and_gradient_unchanged() -> None:
+    from sgdjax.lm.loss import mean_loss
+
+    m = Qwen3(vocab_size=23, hidden_size=16, num_layers=1, num_heads=4, num_kv_heads=2,
+              head_dim=8, intermediate_size=24)
+    params, _ = m.init(jax.random.key(3))
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 23, size=(2, 9)).astype(np.int32)
+    mask = np.ones((2, 9), bool)
+    mask[1, 7:] = False
+    seen: list[int] = []
+
+    def hook(tree: dict) -> dict:  # stands in for ZeRO-3's gather; counts the modules it sees
+        seen.append(1)
+        return jax.tree.map(lambda a: a * 1.0, tree)
+
+    variants = [(False, None), (True, None), (False, hook), (True, hook)]  # (remat, use_params)
+
+    def loss_fn(remat: bool, use: object) -> object:
+        model = m.with_(remat=remat)
+        return jax.value_and_grad(lambda p: mean_loss(model, p, tokens, mask, use)[0])
+
+    fns = [loss_fn(r, u) for r, u in variants]
+    # One compilation for all four (compiling is most of this test's time).
+    (ref_loss, ref_grad), *others = jax.jit(lambda p: [f(p) for f in fns])(params)
+    # The hook saw the embedding, the layer's 4 children, the final norm and the head, once
+    # in each of the two variants that use it.
+    assert len(seen) == 2 * (1 + 4 + 2)
+    for (loss, grad), variant in zip(others, variants[1:], strict=True):
+        assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6), variant
+        for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-7)

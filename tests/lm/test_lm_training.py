@@ -1,4 +1,4 @@
-"""Loss masking, optimizers and sampling."""
+"""Loss masking, optimizers, budgets and sampling."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import optax
 import pytest
 
 from sgdjax.lm.config import LMConfig, OptimConfig
+from sgdjax.lm.data import Blocks, Corpus
 from sgdjax.lm.generate import nucleus_logits, sample_token
 from sgdjax.lm.loss import mean_loss
 from sgdjax.lm.optim import on_pytree, optimizer
-from sgdjax.lm.train import init_params
+from sgdjax.lm.tokenizer import byte_tokenizer
+from sgdjax.lm.train import Budget, init_params, train_flat
 from sgdjax.nested_config import build
 
 
@@ -104,3 +106,60 @@ def test_sampling_frequencies_follow_temperature_and_top_p() -> None:
     # p^(1/T) renormalised: 0.5^4 / sum(p^4) ~ 0.86
     assert c[1] / 1000 == pytest.approx(0.5**4 / float(np.sum(np.array(
         [0.15, 0.5, 0.05, 0.3]) ** 4)), abs=0.04)
+
+
+def _counting_corpus(n_blocks: int = 64, seq_len: int = 8) -> Corpus:
+    """Blocks of consecutive token ids (mod 16) from random starts: the next token is
+    predictable, so a few optimizer steps visibly lower the loss."""
+    starts = np.random.default_rng(0).integers(0, 16, size=(n_blocks, 1))
+    tok = ((starts + np.arange(seq_len + 1)) % 16).astype(np.int32)
+    blocks = Blocks(tok, np.ones(tok.shape, bool))
+    return Corpus(blocks, blocks, byte_tokenizer(), n_blocks, n_blocks)
+
+
+def _tiny_config(small_model: dict[str, int], **values: object) -> LMConfig:
+    return build(LMConfig, [("test", {**small_model, "data.seq_len": 8, "train.batch_size": 8,
+                                      "train.eval_every": 0, **values})])
+
+
+def test_budget_ends_a_run_at_the_first_segment_past_the_deadline() -> None:
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    budget = Budget(None, 10.0, clock=clock)
+    assert budget.next_length(0, 5) == 5
+    now[0] = 109.9
+    assert budget.next_length(5, 5) == 5
+    now[0] = 110.0
+    assert budget.next_length(10, 5) == 0
+    # Compilation excluded: 4 s of it leave 10 s of training.
+    budget = Budget(None, 10.0, count_compile=False, clock=clock)  # starts at 110
+    budget.compile_s = 4.0
+    now[0] = 123.9
+    assert budget.next_length(3, 5) == 5
+    now[0] = 124.0
+    assert budget.next_length(8, 5) == 0
+    # The step budget trims the last segment; the first segment runs whatever the clock says.
+    assert Budget(7, None, clock=clock).next_length(5, 5) == 2
+    assert Budget(None, 0.0, clock=clock).next_length(0, 3) == 3
+
+
+def test_wall_clock_budget_stops_a_training_run(small_model: dict[str, int]) -> None:
+    # 1 ms, compilation included: the first 2-step segment always runs, and compiling it
+    # alone takes longer than the budget, so the run stops right after it, however loaded the
+    # machine is. Without the clock the run would go on to 1000 steps.
+    cfg = _tiny_config(small_model, **{"train.max_steps": 1000, "train.max_seconds": 1e-3,
+                                       "train.segment_steps": 2, "schedule.kind": "constant"})
+    model = cfg.model.build(257)
+    res = train_flat(cfg, model, _counting_corpus(), seeds=[0], lrs=[1e-3])
+    assert res.steps == 2 and res.loss.shape == (1, 2)
+    assert res.wall_s >= 1e-3 and res.compile_s > 0
+
+
+def test_adafactor_trains_the_model(small_model: dict[str, int]) -> None:
+    cfg = _tiny_config(small_model, **{"optim.name": "adafactor", "train.max_steps": 12,
+                                       "train.segment_steps": 12, "schedule.kind": "constant"})
+    model = cfg.model.build(257)
+    res = train_flat(cfg, model, _counting_corpus(), seeds=[0], lrs=[1e-2])
+    loss = res.loss[0]
+    assert np.all(np.isfinite(loss)) and res.diverged_at[0] == -1
+    assert loss[-3:].mean() < loss[:3].mean() - 0.5, loss

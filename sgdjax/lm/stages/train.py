@@ -79,7 +79,7 @@ def run(ctx: Any) -> dict[str, Any]:
             res = train_sharded(cfg, model, corpus, mesh, cfg.parallel.mode, on_segment=hook,
                                 progress=bar)
             w = tree_to_flat(model, res.params)
-            loss, val_steps, val_loss = res.loss, np.zeros(0, int), np.zeros(0)
+            loss, val_steps, val_loss = res.loss, res.val_steps, res.val_loss
             diverged = res.diverged_at
             extra = {"memory_per_device": res.memory, "xla_memory": res.xla_memory}
         backends = run_log.backends
