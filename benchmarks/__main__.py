@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="how the reference fetches batches: through DataLoader as the "
                          "original (default) or by direct tensor indexing")
     ap.add_argument("--json", metavar="PATH", help="write the results (and machine info) here")
+    ap.add_argument("--cpu-devices", type=int, metavar="N",
+                    help="CPU devices the stage-4 ensembles are sharded over, as the stage does "
+                         "(default: one per core)")
     for f in fields(Sizes):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
                         help=f"override Sizes.{f.name}")
@@ -69,6 +72,9 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> list[Any]:
     args = parse_args(argv)
+    from sgdjax.run import split_cpu
+
+    split_cpu(args.cpu_devices)  # before any JAX array exists
     try:
         import torch  # noqa: F401
     except ImportError:

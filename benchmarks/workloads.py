@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdjax.data.sampling import make_sampler
-from sgdjax.engine.ensemble import run_keys, vmapped
+from sgdjax.engine.ensemble import global_chunk, run_chunks, run_keys, run_mesh, vmapped
 from sgdjax.engine.trajectory import Data, Recorder, make_trajectory
 from sgdjax.models import build_model
 from sgdjax.models.objective import make_loss_fn
@@ -426,27 +426,36 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
     sampler = make_sampler(STAGE4_SAMPLER[p.name], p.n_train, p.batch)
     traj = make_trajectory(p.train_loss, sampler, sz.steps,
                            Recorder(params_every=1, val_every=ve), eval_loss=p.eval_loss)
-    fn = vmapped(traj)
-    chunk = min(sz.chunk, sz.runs)
+    # As the stage runs it: the run axis sharded over every local device (one CPU device per
+    # core, see sgdjax.run.split_cpu), each device computing ``sz.chunk`` runs per call, and
+    # every chunk's outputs brought to host memory (where the stage writes them to disk).
+    mesh = run_mesh()
+    chunk = global_chunk(min(sz.chunk, sz.runs), mesh)
     n_chunks = math.ceil(sz.runs / chunk)
     first = 1 if sz.warmup else 0
-    keys = run_keys(SEED, "many_runs", chunk * (n_chunks + first))
-    lrs = jnp.full((chunk,), lr, _JDT[p.dtype])
-    compiled, compile_s = compile_timed(fn, p.w0, p.state0, keys[:chunk], lrs, p.data)
-    # Chunk 0 (runs 0..chunk-1; the warm-up call unless warm-up is off) also provides the runs
-    # the reference recomputes.
-    chunk0 = block(compiled(p.w0, p.state0, keys[:chunk], lrs, p.data)) if first else None
-    with stopwatch() as t:
-        for c in range(first, first + n_chunks):
-            out = block(compiled(p.w0, p.state0, keys[c * chunk:(c + 1) * chunk], lrs, p.data))
-            chunk0 = out if c == 0 else chunk0
-            del out  # the stage hands each chunk to the store; keep memory flat here
-    jax_seconds = t[0]
-    assert chunk0 is not None
-    warm_rec = jax.tree.map(np.asarray, (chunk0.records, chunk0.params))
-    del chunk0
-
+    n_all = chunk * (n_chunks + first)
+    keys = run_keys(SEED, "many_runs", n_all)
+    lrs = jnp.full((n_all,), lr, _JDT[p.dtype])
+    fn = vmapped(traj, mesh)
     n_ref = min(sz.ref_runs, chunk)
+    kept: dict[int, Any] = {}
+
+    def keep_chunk0(c: int, rows: slice, out: Any) -> None:
+        if c == 0:  # the runs the reference recomputes
+            kept[0] = jax.tree.map(lambda a: np.array(a[:n_ref]), (out.records, out.params))
+
+    # Chunk 0 is the warm-up call (compilation included) unless warm-up is off.
+    with stopwatch() as t0:
+        run_chunks(fn, p.w0, p.state0, keys, lrs, p.data, chunk, range(first),
+                   keep_chunk0, mesh=mesh)
+    with stopwatch() as t:
+        run_chunks(fn, p.w0, p.state0, keys, lrs, p.data, chunk,
+                   range(first, first + n_chunks), keep_chunk0, mesh=mesh)
+    jax_seconds = t[0]
+    compile_s = max(0.0, t0[0] - jax_seconds / n_chunks) if first else float("nan")
+    warm_rec = kept[0]
+    del kept
+
     batches = [np.asarray(sampler.batches(keys[r], 0, sz.steps)) for r in range(n_ref)]
     tdata = p.torch_data()
     val_batch = 512 if STAGE4_SAMPLER[p.name] == "replacement" and p.name != "nanogpt" else 64
@@ -472,8 +481,8 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
     torch_rate = ref_units / seconds[str(threads[0])]
     full = sz.full_runs * sz.steps
     notes = [
-        f"sgdjax: {chunk * n_chunks} runs timed in {n_chunks} vmapped call(s) of {chunk} after "
-        f"a warm-up call; PyTorch: {n_ref} runs timed, the {sz.full_runs}-run time is "
+        f"sgdjax: {chunk * n_chunks} runs timed in {n_chunks} vmapped call(s) of {chunk} on "
+        f"{1 if mesh is None else mesh.devices.size} device(s) after a warm-up call; PyTorch: {n_ref} runs timed, the {sz.full_runs}-run time is "
         f"extrapolated linearly (a sequential loop: constant cost per run)",
         f"est. {sz.full_runs} runs x {sz.steps} steps: sgdjax {full / jax_rate:.0f} s, "
         f"PyTorch {full / torch_rate:.0f} s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="recompute stages even if their outputs exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--cpu-devices", type=int, metavar="N",
+                   help="CPU devices that ensembles are sharded over (default: one per core; "
+                        "1 runs every ensemble as a single vmap)")
     hosts = p.add_argument_group(
         "several hosts", "start the same command on every host (results dir on a shared "
         "filesystem); ensembles are sharded over all hosts' devices, process 0 writes")
@@ -152,6 +156,35 @@ def print_summary(cfg: Any, results: dict[str, Any], total: float, out: Path) ->
     print(f"  {'total':<{width}}  {total:>8.1f}")
 
 
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_cpu(n: int | None) -> None:
+    """Expose ``n`` CPU devices (default: one per core) so that an ensemble's runs are sharded
+    over every core: XLA's CPU backend runs the ops of one small-model computation on one core
+    at a time, while separate devices execute concurrently (results are bitwise identical for
+    any device count, see ``engine/ensemble.py``). Leaves an explicit
+    ``--xla_force_host_platform_device_count`` alone, and does nothing once JAX's backends exist
+    (a caller in the same process chose already)."""
+    import jax
+
+    if n is not None and n < 1:
+        raise ConfigError(f"--cpu-devices must be at least 1, got {n}")
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        if n is not None:
+            raise ConfigError("--cpu-devices and XLA_FLAGS=--xla_force_host_platform_device_count "
+                              "both set the CPU device count; give one of them")
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n or cpu_cores())
+    except RuntimeError:  # backends already initialised in this process
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -181,10 +214,11 @@ def _main(argv: Sequence[str] | None) -> int:
     stages = parse_stages(args.stages, family.STAGES)
     out = args.out or Path("results") / cfg.experiment / cfg.setup
 
-    # x64 must be decided before any JAX array exists.
+    # x64 and the CPU device count must be decided before any JAX array exists.
     import jax
 
     jax.config.update("jax_enable_x64", cfg.x64)
+    split_cpu(args.cpu_devices)
     multi = [args.coordinator, args.num_processes, args.process_id]
     if args.distributed or any(v is not None for v in multi):
         if not args.distributed and any(v is None for v in multi):

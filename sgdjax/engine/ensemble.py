@@ -46,13 +46,38 @@ def vmapped(run: Callable[..., Trajectory], mesh: Mesh | None = None) -> Callabl
     """``run`` vmapped over (key, lr) with shared start parameters, state and data, jitted.
 
     With a ``mesh`` the run axis is split over its devices by ``shard_map``: every device runs
-    exactly the single-device program on its own runs (host callbacks such as the CPU sampler's
-    sort included), so results do not depend on the number of devices or hosts."""
-    fn = jax.vmap(run, in_axes=(None, None, 0, 0, None))
-    if mesh is not None:
-        fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P("runs"), P("runs"), P()),
+    exactly the single-device program on its own runs, so results do not depend on the number of
+    devices or hosts. The batch indices of a sampled run are then an extra argument, computed
+    by ``fn.indices(keys)`` before the call: the CPU sampler sorts its permutations in a host
+    callback, and callbacks of several CPU devices executing at once exhaust the runtime's
+    threads and deadlock, whereas one single-device call sorts them all safely.
+    ``run_chunks`` does this; ``fn.indices`` is None when no precomputation is needed."""
+    batch_indices = getattr(run, "batch_indices", None)
+    if mesh is None or batch_indices is None:
+        fn = jax.vmap(run, in_axes=(None, None, 0, 0, None))
+        if mesh is not None:
+            fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P("runs"), P("runs"), P()),
+                               out_specs=P("runs"), check_vma=False)
+        jitted = jax.jit(fn)
+        jitted_indices = None
+    else:
+        def with_indices(w0: Any, state0: Any, key: jax.Array, lr: jax.Array, data: Data,
+                         idx: jax.Array) -> Trajectory:
+            return run(w0, state0, key, lr, data, 0, None, idx)
+
+        fn = jax.vmap(with_indices, in_axes=(None, None, 0, 0, None, 0))
+        fn = jax.shard_map(fn, mesh=mesh,
+                           in_specs=(P(), P(), P("runs"), P("runs"), P(), P("runs")),
                            out_specs=P("runs"), check_vma=False)
-    return jax.jit(fn)
+        jitted = jax.jit(fn)
+        jitted_indices = jax.jit(jax.vmap(batch_indices))
+
+    def call(*args: Any) -> Trajectory:
+        return jitted(*args)
+
+    call.lower = jitted.lower  # type: ignore[attr-defined]
+    call.indices = jitted_indices  # type: ignore[attr-defined]
+    return call
 
 
 def output_bytes_per_run(run: Callable[..., Trajectory], w0: Any, state0: Any, key: jax.Array,
@@ -139,10 +164,16 @@ def run_chunks(
         if pad:
             k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
             lr = jnp.concatenate([lr, jnp.repeat(lr[-1:], pad, axis=0)])
-        if mesh is not None:
-            k, lr = put((k, lr), by_run)
         t0 = time.perf_counter()
-        out = fn(w0, state0, k, lr, data)
+        extra: tuple[Any, ...] = ()
+        if mesh is not None:
+            indices = getattr(fn, "indices", None)
+            if indices is not None:
+                # Every process computes the whole chunk's batches on its first local device
+                # (a few ms); put() then hands each device its own runs.
+                extra = (np.asarray(indices(k)),)
+            k, lr, *extra = put((k, lr, *extra), by_run)
+        out = fn(w0, state0, k, lr, data, *extra)
         if previous is not None:
             finish(*previous)
         previous = (c, rows, out, t0)

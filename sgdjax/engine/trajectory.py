@@ -222,7 +222,7 @@ def make_trajectory(
     step_extras: StepExtras | None = None,
     hessian_fn: Callable[[jax.Array, Any, Any, Any], jax.Array] | None = None,
 ) -> Callable[..., Trajectory]:
-    """Build ``run(w0, state0, key, lr, data, start=0, opt_state=None) -> Trajectory``.
+    """Build ``run(w0, state0, key, lr, data, start=0, opt_state=None, indices=None)``.
 
     ``run`` is a pure function (jit it, vmap it over ``key`` and ``lr``). ``start`` is the global
     index of the first step: samplers depend on it, so a long run split into several calls draws
@@ -234,6 +234,11 @@ def make_trajectory(
     records (masked to NaN after a divergence like every other float record).
     ``hessian_fn(w, state, x, y)`` replaces autodiff for the recorded Hessian where a model has
     a closed form (the MLP's ``loss_hessian``).
+
+    ``indices`` (``[num_steps, batch]``) are the sampler's batches of ``key`` from ``start``,
+    computed beforehand; ``run.batch_indices(key, start)`` computes them. Ensembles sharded over
+    several CPU devices pass them in: the CPU sampler sorts on the host, and host callbacks of
+    several devices executing at once can deadlock (see ``engine/ensemble.py``).
     """
     rec = recorder
     if rec.val_every and eval_loss is None:
@@ -262,6 +267,7 @@ def make_trajectory(
         data: Data,
         start: jax.Array | int = 0,
         opt_state: Any = None,
+        indices: jax.Array | None = None,
     ) -> Trajectory:
         opt = update_rule(lr)
         if opt_state is None:
@@ -269,7 +275,7 @@ def make_trajectory(
         start = jnp.asarray(start, jnp.int32)
         if full_batch or batch_fn is not None:
             indices = None
-        else:
+        elif indices is None:
             indices = sampler.batches(key, start, num_steps)  # [T, B] int32
 
         def step(carry: tuple, i: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
@@ -383,4 +389,8 @@ def make_trajectory(
         w, state, ostate, diverged_at = carry
         return Trajectory(w, state, ostate, records, diverged_at)
 
+    if not full_batch and batch_fn is None:
+        run.batch_indices = lambda key, start=0: sampler.batches(key, start, num_steps)
+    else:
+        run.batch_indices = None
     return run

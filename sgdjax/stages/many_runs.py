@@ -119,14 +119,17 @@ def run(ctx: Context) -> dict[str, Any]:
     one_key = run_keys(cfg.seed, "many_runs", 1)[0]
     per_run = output_bytes_per_run(traj, w0, state0, one_key, jnp.asarray(0.1, dtype), data)
     per_run += steps * cfg.batch_size * 4  # the run's precomputed batch indices
-    size = cfg.chunk_runs or chunk_size(n_runs, per_run, cfg.memory_budget_gb * 2**30,
-                                        MAX_CHUNK.get(cfg.model))
-    size = min(size, n_runs)
     platform = ctx.device.platform if ctx.device else None
     # Several hosts: one mesh over every host's devices; one host: its local devices.
     mesh = run_mesh(jax.devices(platform) if process_count() > 1
                     else jax.local_devices(backend=platform))
-    size = global_chunk(size, mesh)
+    n_dev = 1 if mesh is None else int(mesh.devices.size)
+    # Each device's share of the runs; every chunk's outputs land in this host's memory, so the
+    # budget is shared by all devices.
+    share = -(-n_runs // n_dev)
+    size = cfg.chunk_runs or chunk_size(share, per_run, cfg.memory_budget_gb * 2**30 / n_dev,
+                                        MAX_CHUNK.get(cfg.model))
+    size = global_chunk(min(size, share), mesh)
     fn = vmapped(traj, mesh)
 
     info: dict[str, Any] = {"chunk_runs": size, "runs_per_lr": n_runs, "steps": steps,

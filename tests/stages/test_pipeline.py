@@ -215,6 +215,40 @@ def test_cli_errors_are_one_message(capsys, tmp_path):
     assert "Did you mean 'hessians'" in capsys.readouterr().err
 
 
+def test_cpu_device_count_errors_are_one_message(capsys, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert cli.main(["exp1", "setup1", "--dry-run", "--cpu-devices", "0"]) == 2
+    assert "--cpu-devices must be at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert cli.main(["exp1", "setup1", "--dry-run", "--cpu-devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "give one of them" in err and "Traceback" not in err
+
+
+def test_cpu_devices_flag_shards_the_ensemble(base_dir, tmp_path, real_data_dir):
+    """``--cpu-devices 2`` splits the host into 2 devices and gives the arrays of 1 device."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    outs = {}
+    for n_dev in (1, 2):
+        out = tmp_path / f"cpu{n_dev}"
+        shutil.copytree(base_dir, out)
+        cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
+               "--no-progress", "--stages", "4", "--force", "--cpu-devices", str(n_dev),
+               *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=4")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["stages"]["many_runs"]["devices"] == n_dev
+        outs[n_dev] = out
+    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy"):
+        np.testing.assert_array_equal(np.load(outs[2] / name), np.load(outs[1] / name),
+                                      err_msg=name)
+
+
 def test_missing_data_is_one_message(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SGDJAX_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("SGDJAX_OFFLINE", "1")
