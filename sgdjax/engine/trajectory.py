@@ -279,16 +279,10 @@ def make_trajectory(
             indices = sampler.batches(key, start, num_steps)  # [T, B] int32
 
         def step(carry: tuple, i: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
-            w, state, ostate, diverged_at = carry
+            w, state, ostate, diverged_at, kept = carry
             xb, yb = batch_at(i)
             (loss, (new_state, _)), g = grad_fn(w, state, xb, yb)
             out: dict[str, jax.Array] = {"loss": loss}
-            if rec.params_every:
-                out["params"] = w
-                if jax.tree.leaves(state):
-                    # BatchNorm running statistics belong to the recorded point as much as the
-                    # parameters do: evaluating a recorded CNN needs them (spec §10 #4).
-                    out["state"] = state
             if rec.grad_norm:
                 out["grad_norm"] = jnp.sqrt(jnp.sum(g * g))
             if rec.hessian or rec.eigvals:
@@ -312,6 +306,8 @@ def make_trajectory(
             # them with healthy runs; the step where it happened keeps its (finite) pre-update
             # records.
             out = jax.tree.map(lambda r: _mask_if(already, r), out)
+            if rec.params_every:
+                kept = record_point(kept, i, already, w, state)
             bad = ~(jnp.isfinite(loss) & jnp.all(jnp.isfinite(new_w)))
             t = start + i
             diverged_at = jnp.where(~already & bad, t, diverged_at)
@@ -320,22 +316,35 @@ def make_trajectory(
             w = keep(w, new_w)
             state = jax.tree.map(keep, state, new_state)
             ostate = jax.tree.map(keep, ostate, new_ostate)
-            return (w, state, ostate, diverged_at), out
+            return (w, state, ostate, diverged_at, kept), out
 
-        def thin(outs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            if rec.params_every > 1:
-                for name in ("params", "state"):
-                    if name in outs:
-                        outs[name] = jax.tree.map(lambda a: a[:: rec.params_every], outs[name])
-            return outs
+        def record_point(kept: dict, i: jax.Array, already: jax.Array, w: jax.Array,
+                         state: Any) -> dict:
+            # The recorded points are written in place into buffers carried through the scans
+            # (row i // params_every) rather than stacked as scan outputs: stacking, joining the
+            # blocks and moving the vmapped run axis to the front each filled a fresh
+            # [runs, steps, P] array, and on CPU the page faults of those arrays cost more than
+            # the SGD steps of small models.
+            point = {"params": w}
+            if jax.tree.leaves(state):
+                # BatchNorm running statistics belong to the recorded point as much as the
+                # parameters do: evaluating a recorded CNN needs them (spec §10 #4).
+                point["state"] = state
+            point = jax.tree.map(lambda r: _mask_if(already, r), point)
+            k = rec.params_every
+            row = i // k
+            if k > 1:
+                point = jax.tree.map(
+                    lambda r, buf: jnp.where(i % k == 0, r, buf[row]), point, kept)
+            return jax.tree.map(
+                lambda buf, r: jax.lax.dynamic_update_index_in_dim(buf, r, row, 0), kept, point)
 
         def steps_span(carry: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
-            carry, outs = jax.lax.scan(step, carry, first + jnp.arange(length, dtype=jnp.int32))
-            return carry, thin(outs)
+            return jax.lax.scan(step, carry, first + jnp.arange(length, dtype=jnp.int32))
 
         def validated(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
             carry, outs = steps_span(carry, first, rec.val_every)
-            w, state, _, diverged_at = carry
+            w, state, _, diverged_at, _ = carry
             vl, va = evaluate(eval_loss, w, state, data.val_x, data.val_y, rec.val_batch)
             frozen = diverged_at >= 0
             own = {"val_loss": jnp.where(frozen, jnp.nan, vl),
@@ -351,14 +360,15 @@ def make_trajectory(
                           lambda c, f: steps_span(c, f, tail) if tail else (c, {}))
 
         def curvature_block(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
-            (w, state, ostate, diverged_at), vecs = carry
+            inner, vecs = carry
+            w, state, _, diverged_at, _ = inner
             xb, yb = batch_at(first, curvature=True)
             # A stream of its own: the samplers use fold_in(key, step) and fold_in(key, epoch).
             ckey = jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), start + first)
             curv = measure(w, state, xb, yb, ckey, vecs)
             frozen = diverged_at >= 0
             own = {k: _mask_if(frozen, v) for k, v in curv.items() if k != "vecs"}
-            inner, nested = val_span((w, state, ostate, diverged_at), first, rec.curvature_every)
+            inner, nested = val_span(inner, first, rec.curvature_every)
             return (inner, curv["vecs"]), own, nested
 
         def curvature_tail(c: tuple, first: jax.Array, length: int) -> tuple[tuple, dict]:
@@ -376,7 +386,14 @@ def make_trajectory(
             idx = indices[i]
             return data.train_x[idx], data.train_y[idx]
 
-        carry = (w0, state0, opt_state, jnp.asarray(-1, jnp.int32))
+        kept: dict[str, Any] = {}
+        if rec.params_every:
+            n_rec = -(-num_steps // rec.params_every)
+            kept["params"] = jnp.zeros((n_rec, *w0.shape), w0.dtype)
+            if jax.tree.leaves(state0):
+                kept["state"] = jax.tree.map(
+                    lambda a: jnp.zeros((n_rec, *jnp.shape(a)), jnp.result_type(a)), state0)
+        carry = (w0, state0, opt_state, jnp.asarray(-1, jnp.int32), kept)
         if rec.curvature_every:
             n_c, tail_c = divmod(num_steps, rec.curvature_every)
             vecs0 = jnp.zeros((rec.curvature_k, w0.shape[0]), w0.dtype)
@@ -386,7 +403,8 @@ def make_trajectory(
             )
         else:
             carry, records = val_span(carry, jnp.int32(0), num_steps)
-        w, state, ostate, diverged_at = carry
+        w, state, ostate, diverged_at, kept = carry
+        records.update(kept)
         return Trajectory(w, state, ostate, records, diverged_at)
 
     if not full_batch and batch_fn is None:

@@ -129,6 +129,33 @@ def test_recording_cadence_and_thinning(problem):
         np.testing.assert_allclose(out.records["val_acc"][j], va)
 
 
+def test_recorded_batchnorm_state_is_thinned_with_the_params():
+    model = build_model("cnn")
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.random((64, 1, 28, 28), dtype=np.float32))
+    data = Data(model.featurize(x), jnp.asarray(rng.integers(0, 10, 64).astype(np.int32)))
+    params, state = model.init(jax.random.key(2), jnp.float32)
+    w0 = model.flatten(params)
+    loss_fn = make_loss_fn(model, train=True)
+    sampler = make_sampler("replacement", 64, 8)
+    key = jax.random.key(4)
+    every = jax.jit(make_trajectory(loss_fn, sampler, 9, Recorder(params_every=1)))(
+        w0, state, key, jnp.float32(0.05), data)
+    thin = jax.jit(make_trajectory(loss_fn, sampler, 9, Recorder(params_every=3)))(
+        w0, state, key, jnp.float32(0.05), data)
+    assert thin.records["params"].shape == (3, w0.shape[0])  # steps 0, 3, 6
+    np.testing.assert_array_equal(thin.records["params"], every.records["params"][::3])
+    leaves, leaves_every = jax.tree.leaves(thin.records["state"]), jax.tree.leaves(
+        every.records["state"])
+    assert leaves and all(a.shape[0] == 3 for a in leaves)
+    for a, b in zip(leaves, leaves_every):
+        np.testing.assert_array_equal(a, b[::3])
+    # row 0 is the initial state; later rows moved with the running statistics
+    for a, s0 in zip(jax.tree.leaves(every.records["state"]), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a[0], s0)
+    assert any(not np.array_equal(a[1], a[0]) for a in jax.tree.leaves(every.records["state"]))
+
+
 def test_evaluate_is_example_weighted(problem):
     model, data, w0, state = problem
     eval_loss = make_loss_fn(model, train=False)
@@ -179,6 +206,9 @@ def test_diverging_run_is_frozen_and_reported(problem):
     loss = np.asarray(out.records["loss"][1])
     assert np.all(np.isfinite(loss[:t])) and np.all(np.isnan(loss[t + 1:]))
     assert np.all(np.isfinite(np.asarray(out.params[1])))  # frozen at the last finite point
+    params = np.asarray(out.records["params"][1])  # the point of step t is still finite
+    assert np.all(np.isfinite(params[:t + 1])) and np.all(np.isnan(params[t + 1:]))
+    assert np.all(np.isfinite(np.asarray(out.records["params"][0])))
     assert np.all(np.isfinite(np.asarray(out.records["loss"][0])))
 
 
