@@ -453,8 +453,7 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
                    range(first, first + n_chunks), keep_chunk0, mesh=mesh)
     jax_seconds = t[0]
     compile_s = max(0.0, t0[0] - jax_seconds / n_chunks) if first else float("nan")
-    warm_rec = kept[0]
-    del kept
+    warm_rec = kept.pop(0)
 
     batches = [np.asarray(sampler.batches(keys[r], 0, sz.steps)) for r in range(n_ref)]
     tdata = p.torch_data()
@@ -482,7 +481,8 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
     full = sz.full_runs * sz.steps
     notes = [
         f"sgdjax: {chunk * n_chunks} runs timed in {n_chunks} vmapped call(s) of {chunk} on "
-        f"{1 if mesh is None else mesh.devices.size} device(s) after a warm-up call; PyTorch: {n_ref} runs timed, the {sz.full_runs}-run time is "
+        f"{1 if mesh is None else mesh.devices.size} device(s) after a warm-up call; "
+        f"PyTorch: {n_ref} runs timed, the {sz.full_runs}-run time is "
         f"extrapolated linearly (a sequential loop: constant cost per run)",
         f"est. {sz.full_runs} runs x {sz.steps} steps: sgdjax {full / jax_rate:.0f} s, "
         f"PyTorch {full / torch_rate:.0f} s",

@@ -148,10 +148,11 @@ def test_recorded_batchnorm_state_is_thinned_with_the_params():
     leaves, leaves_every = jax.tree.leaves(thin.records["state"]), jax.tree.leaves(
         every.records["state"])
     assert leaves and all(a.shape[0] == 3 for a in leaves)
-    for a, b in zip(leaves, leaves_every):
+    for a, b in zip(leaves, leaves_every, strict=True):
         np.testing.assert_array_equal(a, b[::3])
     # row 0 is the initial state; later rows moved with the running statistics
-    for a, s0 in zip(jax.tree.leaves(every.records["state"]), jax.tree.leaves(state)):
+    for a, s0 in zip(jax.tree.leaves(every.records["state"]), jax.tree.leaves(state),
+                     strict=True):
         np.testing.assert_array_equal(a[0], s0)
     assert any(not np.array_equal(a[1], a[0]) for a in jax.tree.leaves(every.records["state"]))
 
