@@ -170,9 +170,10 @@ def cpu_cores() -> int:
 _CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
-def prefer_xla_cpu_fusions() -> None:
-    """Turn YNNPACK fusions off in ``XLA_FLAGS`` unless the user set that flag (or JAX's
-    backends already exist, when flags no longer matter)."""
+def disable_ynn_fusions() -> None:
+    """Append ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions) to ``XLA_FLAGS``
+    unless the user set that flag or the jaxlib predates it. XLA reads the flags when the
+    backends start, so this only takes effect before the first JAX array exists."""
     import jaxlib
 
     flags = os.environ.get("XLA_FLAGS", "")
@@ -190,12 +191,13 @@ def split_cpu(n: int | None) -> None:
     """Expose ``n`` CPU devices (default: one per core) so that an ensemble's runs are sharded
     over every core: XLA's CPU backend runs the ops of one small-model computation on one core
     at a time, while separate devices execute concurrently (results are bitwise identical for
-    any device count, see ``engine/ensemble.py``). Leaves an explicit
+    any device count, see ``engine/ensemble.py``), and turns off the CPU fusions that slow
+    these models down (``disable_ynn_fusions``). Leaves an explicit
     ``--xla_force_host_platform_device_count`` alone, and does nothing once JAX's backends exist
     (a caller in the same process chose already)."""
     import jax
 
-    prefer_xla_cpu_fusions()
+    disable_ynn_fusions()
     if n is not None and n < 1:
         raise ConfigError(f"--cpu-devices must be at least 1, got {n}")
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
