@@ -106,8 +106,8 @@ class Trajectory(NamedTuple):
     params: jax.Array  # [P] parameters after the last step
     state: Any  # model state after the last step (BatchNorm running statistics)
     opt_state: Any
-    records: dict[str, jax.Array]  # loss [T], params [ceil(T/k), P], grad_norm [T], hessian [T,P,P],
-    # eigvals [T,P], val_loss [T//val_every], val_acc [...]
+    records: dict[str, jax.Array]  # loss [T], params [ceil(T/k), P], grad_norm [T],
+    # hessian [T,P,P], eigvals [T,P], val_loss [T//val_every], val_acc [...]
     diverged_at: jax.Array  # int32 scalar, -1 if the run stayed finite
 
 

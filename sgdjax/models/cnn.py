@@ -271,6 +271,19 @@ class CNN(TorchLayoutModel):
         x = jnp.asarray(x)
         return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
+    def loss_hessian(self, w: jax.Array, state: Any, feats: jax.Array,
+                     labels: jax.Array) -> jax.Array:
+        """Exact ``[P, P]`` Hessian of the mean cross-entropy with BatchNorm in training mode
+        (batch statistics, as the training loss) at the flat parameters ``w``, from the
+        per-channel structure (:mod:`sgdjax.models.cnn_hessian`; ~200x faster than batched
+        Hessian-vector products)."""
+        from sgdjax.models.cnn_hessian import cnn_ce_hessian  # imports this module
+
+        del state  # batch statistics: the running ones do not enter the training loss
+        return cnn_ce_hessian(w, feats, labels, in_channels=self.in_channels,
+                              channels=self.channels, hidden=self.hidden,
+                              n_classes=self.n_classes, kernel=self.kernel, padding=self.padding)
+
     def example_features(self, batch: int, dtype: Any = jnp.float32) -> jax.Array:
         s = self.image_size
         return jnp.zeros((batch, self.in_channels, s, s), dtype=dtype)

@@ -167,3 +167,46 @@ def test_lax_conv_is_pytorch_cross_correlation() -> None:
     # out[i, j] = sum w[dy, dx] x[i+dy-1, j+dx-1] -> at (1, 1) picks w[2, 2]
     assert float(out[0, 0, 1, 1]) == 8.0
     assert float(out[0, 0, 3, 3]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, batch, image",
+    [({}, 6, 28), ({"channels": 3, "hidden": 4, "in_channels": 2, "padding": 0}, 5, 6),
+     ({"channels": 2, "hidden": 3, "n_classes": 4, "kernel": 5, "padding": 2}, 3, 7)],
+)
+def test_structured_hessian_equals_autodiff(x64, kwargs, batch, image) -> None:
+    """The per-channel Hessian of the training loss (BatchNorm on batch statistics) equals
+    jax.hessian to rounding, in the flat PyTorch order, away from init."""
+    from sgdjax.models.objective import make_loss_fn
+
+    model = CNN(image_size=image, **kwargs)
+    params, state = model.init(jax.random.key(1), jnp.float64)
+    w = model.flatten(params)
+    w = w + 0.5 * jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
+    x = jax.random.uniform(jax.random.key(3), (batch, model.in_channels, image, image),
+                           jnp.float64)
+    y = jax.random.randint(jax.random.key(4), (batch,), 0, model.n_classes)
+    loss = make_loss_fn(model, train=True)
+    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    got = jax.jit(model.loss_hessian)(w, state, x, y)
+    assert got.shape == (model.num_params, model.num_params)
+    scale = float(jnp.max(jnp.abs(want)))
+    assert scale > 0.05
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12 * scale)
+    # every block is exercised: conv/BN x conv/BN, conv/BN x head, head x head
+    n_cb = model.channels * model.in_channels * model.kernel ** 2 + 2 * model.channels
+    for block in (want[:n_cb, :n_cb], want[:n_cb, n_cb:], want[n_cb:, n_cb:]):
+        assert float(jnp.max(jnp.abs(block))) > 1e-4
+
+
+def test_structured_hessian_float32_close_to_float64(x64) -> None:
+    model = CNN()
+    params, state = model.init(jax.random.key(5), jnp.float64)
+    w = model.flatten(params)
+    x = jax.random.uniform(jax.random.key(6), (16, 1, 28, 28), jnp.float64)
+    y = jax.random.randint(jax.random.key(7), (16,), 0, 10)
+    h64 = jax.jit(model.loss_hessian)(w, state, x, y)
+    h32 = jax.jit(model.loss_hessian)(w.astype(jnp.float32), state, x.astype(jnp.float32), y)
+    assert h32.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(h32), np.asarray(h64), rtol=0,
+                               atol=2e-5 * float(jnp.max(jnp.abs(h64))))
