@@ -66,6 +66,35 @@ def gather(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+def gather_reusing(tree: Any, buffers: dict[Any, np.ndarray]) -> Any:
+    """Like :func:`gather`, but an array sharded over several local devices is copied into a
+    host buffer kept in ``buffers`` (by leaf position, shape and dtype) and reused on the next
+    call, and a single-device array comes back as a view of its device buffer (zero-copy on
+    CPU). On these VMs the first write to fresh host memory runs at about 0.5 GB/s against
+    ~12 GB/s warm: copying an MLP chunk's recorded weights (1.7 GB) took 3.5 s into a fresh
+    array and 0.14 s into a reused one, on a machine where the chunk computes in 5 s.
+    The returned arrays are only valid until the next call: copy what must be kept."""
+    leaves, treedef = jax.tree.flatten(tree)
+    out = []
+    for i, a in enumerate(leaves):
+        if not isinstance(a, jax.Array) or not a.is_fully_addressable:
+            out.append(gather(a))
+            continue
+        shards = a.addressable_shards
+        if len(shards) == 1:
+            out.append(np.asarray(a))
+            continue
+        key = (i, a.shape, a.dtype)
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = np.empty(a.shape, a.dtype)
+        for shard in shards:
+            if shard.replica_id == 0:
+                buf[shard.index] = np.asarray(shard.data)
+        out.append(buf)
+    return jax.tree.unflatten(treedef, out)
+
+
 def put(tree: Any, sharding: Any) -> Any:
     """``jax.device_put(tree, sharding)`` that also works for a mesh spanning several hosts
     (every process holds the same full value and contributes its own devices' shards)."""

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgdjax.distributed import gather, put
+from sgdjax.distributed import gather_reusing, put
 from sgdjax.engine.trajectory import Data, Trajectory
 
 STAGE_STREAMS = {"sgd": 1, "gd": 2, "hessians": 3, "many_runs": 4, "gd_many_runs": 5}
@@ -137,9 +137,11 @@ def run_chunks(
 
     Every chunk has the same static size (the last one is padded by repeating its final run and
     the padding is dropped), so the whole ensemble compiles once. ``on_chunk(chunk, rows, traj)``
-    receives numpy outputs with exactly ``rows`` runs. ``progress(n_runs_done, seconds)`` is called
-    after each chunk. With a ``mesh`` the run axis of every chunk is sharded over its devices
-    (``size`` must be a multiple of the device count) and shared inputs are replicated."""
+    receives numpy outputs with exactly ``rows`` runs, valid during the call only (their host
+    memory is reused for the next chunk, see ``distributed.gather_reusing``): copy what must be
+    kept. ``progress(n_runs_done, seconds)`` is called after each chunk. With a ``mesh`` the run
+    axis of every chunk is sharded over its devices (``size`` must be a multiple of the device
+    count) and shared inputs are replicated."""
     n = keys.shape[0]
     if mesh is not None:
         if size % mesh.devices.size:
@@ -148,9 +150,11 @@ def run_chunks(
         w0, state0, data = put((w0, state0, data), replicated)
         by_run = NamedSharding(mesh, P("runs"))
 
+    host: dict[Any, np.ndarray] = {}  # host copies of sharded outputs, reused chunk after chunk
+
     def finish(c: int, rows: slice, out: Trajectory, t0: float) -> None:
         count = rows.stop - rows.start
-        out = jax.tree.map(lambda a, n=count: a[:n], gather(out))
+        out = jax.tree.map(lambda a, n=count: a[:n], gather_reusing(out, host))
         on_chunk(c, rows, out)
         if progress is not None:
             progress(count, time.perf_counter() - t0)
