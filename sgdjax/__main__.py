@@ -1,5 +1,9 @@
 import sys
 
-from sgdjax.run import main
+from sgdjax.hostmem import reexec_with_huge_pages
+
+reexec_with_huge_pages()  # before anything else: the process is replaced
+
+from sgdjax.run import main  # noqa: E402
 
 sys.exit(main())

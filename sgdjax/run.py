@@ -290,4 +290,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
+    from sgdjax.hostmem import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     sys.exit(main())

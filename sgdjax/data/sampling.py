@@ -16,6 +16,9 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,12 +65,44 @@ def _xla_stable_argsort(bits: jax.Array) -> jax.Array:
 
 
 def _numpy_stable_argsort(bits: np.ndarray) -> np.ndarray:
-    """Argsort along the last axis, ties by index: sort ``key << 32 | index`` as uint64."""
+    """Argsort along the last axis, ties by index: sort ``key << 32 | index`` as uint64.
+
+    A chunk of an MLP ensemble sorts ~40M keys (500 runs x 13 epochs x 6400): the packing is
+    done in place (fresh host memory is slow to first touch on these machines), and the rows
+    are split over the cores, since numpy releases the GIL while it sorts."""
     bits = np.asarray(bits)
-    packed = bits.astype(np.uint64) << np.uint64(32)
-    packed |= np.arange(bits.shape[-1], dtype=np.uint64)
-    packed.sort(axis=-1)
-    return (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)
+    n = bits.shape[-1]
+    packed = bits.astype(np.uint64).reshape(-1, n)
+    out = np.empty(packed.shape, np.int32)
+    index = np.arange(n, dtype=np.uint64)
+
+    def sort_rows(rows: slice) -> None:
+        block = packed[rows]
+        block <<= np.uint64(32)
+        block |= index
+        block.sort(axis=-1)
+        out[rows] = block.view(np.uint32)[:, 0::2] if _LITTLE else block & np.uint64(0xFFFFFFFF)
+
+    parts = min(_cores(), max(1, packed.size // _PARALLEL_SORT_MIN))
+    step = -(-packed.shape[0] // parts)
+    blocks = [slice(i, i + step) for i in range(0, packed.shape[0], step)]
+    if len(blocks) == 1:
+        sort_rows(blocks[0])
+    else:
+        with ThreadPoolExecutor(len(blocks)) as pool:
+            list(pool.map(sort_rows, blocks))
+    return out.reshape(bits.shape)
+
+
+_LITTLE = sys.byteorder == "little"  # the low 32 bits of a uint64 are its first word
+_PARALLEL_SORT_MIN = 1 << 20  # keys per thread below which one thread sorts
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _host_stable_argsort(bits: jax.Array) -> jax.Array:
@@ -142,7 +177,14 @@ class Sampler:
         """
         if int(num) != num or num < 0:
             raise ConfigError(f"num must be a non-negative integer, got {num}.")
-        return _batches(self, key, _as_step(start), int(num))
+        num = int(num)
+        if isinstance(start, (int, np.integer)) and self.kind == "reshuffle":
+            # A concrete start needs exactly the epochs its steps touch.
+            spe = self.steps_per_epoch
+            n_epochs = int((start + max(num, 1) - 1) // spe - start // spe + 1)
+        else:
+            n_epochs = math.ceil(num / self.steps_per_epoch) + 1
+        return _batches(self, key, _as_step(start), num, n_epochs)
 
 
 # Jitted with the (hashable, frozen) sampler static: eager calls compile once per sampler and
@@ -160,15 +202,14 @@ def _batch(s: Sampler, key: jax.Array, step: jax.Array) -> jax.Array:
     return lax.dynamic_slice(perm, ((step % spe) * s.batch_size,), (s.batch_size,))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _batches(s: Sampler, key: jax.Array, start: jax.Array, num: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _batches(s: Sampler, key: jax.Array, start: jax.Array, num: int, n_epochs: int) -> jax.Array:
     if s.kind == "full":
         return jnp.broadcast_to(lax.iota(jnp.int32, s.n), (num, s.n))
     if s.kind == "replacement":
         steps = start + jnp.arange(num, dtype=jnp.int32)
         return jax.vmap(lambda step: _batch(s, key, step))(steps)
     spe, bsz = s.steps_per_epoch, s.batch_size
-    n_epochs = math.ceil(num / spe) + 1
     epochs = start // spe + jnp.arange(n_epochs, dtype=jnp.int32)
     perms = jax.vmap(lambda e: random_permutation(jax.random.fold_in(key, e), s.n))(epochs)
     rows = perms[:, : spe * bsz].reshape(n_epochs * spe, bsz)

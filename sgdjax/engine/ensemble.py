@@ -77,6 +77,9 @@ def vmapped(run: Callable[..., Trajectory], mesh: Mesh | None = None) -> Callabl
 
     call.lower = jitted.lower  # type: ignore[attr-defined]
     call.indices = jitted_indices  # type: ignore[attr-defined]
+    # Host copies of sharded outputs, kept for every run_chunks call of this function (e.g. one
+    # per learning rate): fresh host memory is slow to first touch (distributed.gather_reusing).
+    call.host_buffers = {}  # type: ignore[attr-defined]
     return call
 
 
@@ -150,7 +153,9 @@ def run_chunks(
         w0, state0, data = put((w0, state0, data), replicated)
         by_run = NamedSharding(mesh, P("runs"))
 
-    host: dict[Any, np.ndarray] = {}  # host copies of sharded outputs, reused chunk after chunk
+    # Host copies of sharded outputs, reused chunk after chunk (and call after call of a
+    # ``vmapped`` function).
+    host: dict[Any, np.ndarray] = getattr(fn, "host_buffers", {})
 
     def finish(c: int, rows: slice, out: Trajectory, t0: float) -> None:
         count = rows.stop - rows.start
