@@ -8,6 +8,12 @@ from pathlib import Path
 import jax
 import pytest
 
+from sgdjax.run import choose_ynn_fusions
+
+# The tests run with the CPU compiler settings that `python -m sgdjax.run` uses (XLA reads
+# XLA_FLAGS when its backends start, after this import).
+choose_ynn_fusions()
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

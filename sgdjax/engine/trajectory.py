@@ -134,9 +134,15 @@ def evaluate(
         loss, (_, correct) = eval_loss(w, state, xs, ys)
         return loss * xs.shape[0], correct.astype(jnp.int32)
 
-    xs = x[: n_full * batch].reshape(n_full, batch, *x.shape[1:])
-    ys = y[: n_full * batch].reshape(n_full, batch, *y.shape[1:])
-    losses, corrects = jax.lax.map(lambda a: one(*a), (xs, ys))
+    def slice_i(i: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # Slices taken in the loop: reshaping x[:n_full * batch] into [n_full, batch, ...]
+        # would copy the whole set first whenever batch does not divide n (200 MB per
+        # validation for the CNN's float64 patch features).
+        start = i * batch
+        return one(jax.lax.dynamic_slice_in_dim(x, start, batch),
+                   jax.lax.dynamic_slice_in_dim(y, start, batch))
+
+    losses, corrects = jax.lax.map(slice_i, jnp.arange(n_full))
     total_loss, total_correct = losses.sum(), corrects.sum()
     if rest:
         tail_loss, tail_correct = one(x[n_full * batch :], y[n_full * batch :])

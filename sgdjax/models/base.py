@@ -124,6 +124,13 @@ class TorchLayoutModel(ABC):
         """Parameter-free preprocessing, applied once to a whole dataset (identity by default)."""
         return jnp.asarray(x)
 
+    @property
+    def eval_batch(self) -> int:
+        """Examples per slice when a whole validation set is evaluated inside a trajectory
+        (``Recorder.val_batch``): large slices for small features, cache-sized ones for
+        models with large activations."""
+        return 1024
+
     # Keys of a PyTorch state dict that are known non-parameter buffers of the original and carry
     # no information we need (e.g. nanoGPT's causal-mask buffer); matched by suffix.
     ignored_state_dict_suffixes: tuple[str, ...] = ()

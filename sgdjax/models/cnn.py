@@ -19,6 +19,8 @@ convolution has several interchangeable implementations (``conv_impl``):
 * ``"folded"`` (default): im2col patches; BatchNorm's batch statistics of the conv output are
   computed from the 9×9 patch covariance (mean = w·m, var = wᵀSw), and the BN affine map is folded
   into the conv weight and a bias, so the 12-channel map is produced once, already normalised.
+  ``CNN.featurize`` computes the patches and their per-image moments once per dataset
+  (:func:`patch_features`); raw images are accepted too.
 * ``"im2col"``: patches ``[N, C·9, H·W]`` then one matmul; BN applied to the map.
 * ``"shift"``: nine shifted multiply-adds on the zero-padded input; BN applied to the map.
 * ``"lax"``: ``lax.conv_general_dilated``; BN applied to the map.
@@ -64,6 +66,30 @@ def im2col(x: jax.Array, kernel: int, padding: int) -> jax.Array:
     cols = [xp[:, :, dy : dy + ho, dx : dx + wo] for dy in range(kernel) for dx in range(kernel)]
     patches = jnp.stack(cols, axis=2)  # [N, C, k·k, H', W']
     return patches.reshape(n, c * kernel * kernel, ho * wo)
+
+
+def patch_features(x: jax.Array, kernel: int, padding: int) -> jax.Array:
+    """Images ``[N, C, H, W]`` → packed features ``[N, P + 1 + K, K]`` (``K = C·k·k`` patch
+    entries, ``P = H'·W'`` positions): rows ``0..P-1`` are the patches (position-major), row
+    ``P`` their per-image sum ``Σ_p x_p`` and rows ``P+1..P+K`` the per-image second moments
+    ``Σ_p x_p x_pᵀ``.
+
+    Patches and moments have no parameters, so :meth:`CNN.featurize` computes them once per
+    dataset: a training step then gets BatchNorm's batch statistics of the conv output from the
+    summed moments (mean ``w·m``, variance ``wᵀ(E[xxᵀ] − mmᵀ)w``) and skips the per-step
+    im2col, the two largest costs after the conv itself (float64, batch 64: 8.2 → 5.3 ms per
+    gradient on one core)."""
+    patches = jnp.swapaxes(im2col(x, kernel, padding), 1, 2)  # [N, P, K]
+    s1 = jnp.sum(patches, axis=1)
+    s2 = jnp.einsum("npk,npl->nkl", patches, patches)
+    return jnp.concatenate([patches, s1[:, None, :], s2], axis=1)
+
+
+def unpack_patch_features(feats: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(patches [N, P, K], sums [N, K], second moments [N, K, K])`` of packed features."""
+    k = feats.shape[-1]
+    p = feats.shape[-2] - 1 - k
+    return feats[:, :p], feats[:, p], feats[:, p + 1:]
 
 
 def conv2d(x: jax.Array, weight: jax.Array, padding: int, impl: str) -> jax.Array:
@@ -192,21 +218,30 @@ class CNNModule(nn.Module):
     def _folded_conv_bn_silu_gap(
         self, conv: TorchConv2d, bn: BatchNorm2d, x: jax.Array, train: bool
     ) -> jax.Array:
-        patches = im2col(x, self.kernel, self.padding)  # [N, K, P]
         w = conv.weight.reshape(self.channels, -1)  # [O, K]
-        count = patches.shape[0] * patches.shape[2]
+        if x.ndim == 3:  # packed patch features (CNN.featurize)
+            patches, s1, s2 = unpack_patch_features(x)
+        else:
+            patches = jnp.swapaxes(im2col(x, self.kernel, self.padding), 1, 2)  # [N, P, K]
+        count = patches.shape[0] * patches.shape[1]
         mean = var = None
         if train:
-            m = jnp.mean(patches, axis=(0, 2))  # [K]
-            centred = patches - m[None, :, None]
-            # Biased covariance of the patches; the conv output's batch mean/variance per channel
-            # are then w·m and wᵀSw without materialising the un-normalised map.
-            cov = jnp.einsum("nkp,nlp->kl", centred, centred) / count
+            # The conv output's batch mean/variance per channel are w·m and wᵀSw (S the biased
+            # patch covariance), without materialising the un-normalised map.
+            if x.ndim == 3:
+                m = jnp.sum(s1, axis=0) / count  # [K]
+                cov = jnp.sum(s2, axis=0) / count - jnp.outer(m, m)
+            else:
+                m = jnp.mean(patches, axis=(0, 1))
+                centred = patches - m
+                cov = jnp.einsum("npk,npl->kl", centred, centred) / count
             mean = w @ m
             var = jnp.einsum("ok,kl,ol->o", w, cov, w)
         scale, shift = bn.affine(mean, var, count, train)
-        h = jnp.einsum("ok,nkp->nop", w * scale[:, None], patches) + shift[None, :, None]
-        return jnp.mean(nn.silu(h), axis=2)
+        # Position-major patches: the 12-channel map is one [N·P, K] x [K, O] product
+        # (1.15x faster than channel-major with its gradient).
+        h = jnp.einsum("npk,ok->npo", patches, w * scale[:, None]) + shift
+        return jnp.mean(nn.silu(h), axis=1)
 
 
 @dataclass(frozen=True)
@@ -268,8 +303,14 @@ class CNN(TorchLayoutModel):
         )
 
     def featurize(self, x: jax.Array) -> jax.Array:
+        """Images ``[N, C, H, W]`` → packed patch features ``[N, P + 1 + K, K]``
+        (:func:`patch_features`) for the folded convolution; the other ``conv_impl`` use the
+        images as they are. :meth:`apply` accepts images too."""
         x = jnp.asarray(x)
-        return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+        x = x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+        if self.conv_impl != "folded" or x.ndim != 4:
+            return x
+        return patch_features(x, self.kernel, self.padding)
 
     def loss_hessian(self, w: jax.Array, state: Any, feats: jax.Array,
                      labels: jax.Array) -> jax.Array:
@@ -284,6 +325,16 @@ class CNN(TorchLayoutModel):
                               channels=self.channels, hidden=self.hidden,
                               n_classes=self.n_classes, kernel=self.kernel, padding=self.padding)
 
+    @property
+    def eval_batch(self) -> int:
+        # 64 images' 12-channel maps stay in cache: a float64 validation of 3600 images took
+        # 146 ms in slices of 64 and 271 ms in slices of 1024 on one core.
+        return 64
+
     def example_features(self, batch: int, dtype: Any = jnp.float32) -> jax.Array:
         s = self.image_size
-        return jnp.zeros((batch, self.in_channels, s, s), dtype=dtype)
+        if self.conv_impl != "folded":
+            return jnp.zeros((batch, self.in_channels, s, s), dtype=dtype)
+        side = s + 2 * self.padding - self.kernel + 1
+        k = self.in_channels * self.kernel * self.kernel
+        return jnp.zeros((batch, side * side + 1 + k, k), dtype=dtype)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sgdjax.models.cnn import im2col
+from sgdjax.models.cnn import im2col, unpack_patch_features
 from sgdjax.models.mlp_hessian import _silu_derivatives, mlp_ce_hessian
 
 
@@ -44,10 +44,14 @@ def cnn_ce_hessian(w: jax.Array, x: jax.Array, y: jax.Array, *, in_channels: int
                    hidden: int, n_classes: int, kernel: int, padding: int,
                    eps: float = 1e-5) -> jax.Array:
     """``[P, P]`` Hessian of the mean cross-entropy with BatchNorm in training mode (batch
-    statistics) at the flat parameters ``w``; ``x`` are images ``[B, C, H, W]``, ``y`` labels."""
+    statistics) at the flat parameters ``w``; ``x`` are images ``[B, C, H, W]`` or their packed
+    patch features (``CNN.featurize``), ``y`` labels."""
     o, k = channels, in_channels * kernel * kernel
     n_cb = o * k + 2 * o
-    patches = im2col(x.astype(w.dtype), kernel, padding)  # [N, K, P]
+    if x.ndim == 3:  # packed patch features (CNN.featurize)
+        patches = jnp.swapaxes(unpack_patch_features(x.astype(w.dtype))[0], 1, 2)
+    else:
+        patches = im2col(x.astype(w.dtype), kernel, padding)  # [N, K, P]
     n, _, p = patches.shape
     m = jnp.mean(patches, axis=(0, 2))
     centred = patches - m[None, :, None]

@@ -151,6 +151,35 @@ def test_conv_impls_agree(setup) -> None:
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=impl)
 
 
+def test_packed_patch_features_match_images(setup) -> None:
+    """featurize packs patches and their per-image moments; the model gives the same logits,
+    running statistics and gradients from them as from the images."""
+    from sgdjax.models.objective import make_loss_fn
+
+    m, p, s, x, y = setup
+    feats = m.featurize(x)
+    assert feats.shape == (6, 28 * 28 + 1 + 9, 9) == m.example_features(6).shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    # the patch of image 1 at position (row 3, col 5): its 3x3 neighbourhood, row-major
+    np.testing.assert_allclose(feats[1, 3 * 28 + 5], xp[1, 0, 3:6, 5:8].ravel(), rtol=1e-6)
+    patches = np.asarray(feats[:, :784], np.float64)
+    np.testing.assert_allclose(feats[:, 784], patches.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(feats[:, 785:], np.einsum("npk,npl->nkl", patches, patches),
+                               rtol=1e-5)
+    for train in (True, False):
+        (a, sa), (b, sb) = m.apply(p, s, x, train=train), m.apply(p, s, feats, train=train)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        for u, v in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    loss = make_loss_fn(m, train=True)
+    grad = jax.jit(jax.grad(lambda w, x: loss(w, s, x, y)[0]))
+    w = m.flatten(p)
+    np.testing.assert_allclose(grad(w, feats), grad(w, x), rtol=1e-4, atol=1e-6)
+    # the other convolutions take the images as they are
+    assert CNN(conv_impl="lax").featurize(x).shape == x.shape == CNN(
+        conv_impl="lax").example_features(6).shape
+
+
 def test_unknown_conv_impl() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'shift'"):
         CNN(conv_impl="shfit")
@@ -193,6 +222,8 @@ def test_structured_hessian_equals_autodiff(x64, kwargs, batch, image) -> None:
     scale = float(jnp.max(jnp.abs(want)))
     assert scale > 0.05
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12 * scale)
+    packed = jax.jit(model.loss_hessian)(w, state, model.featurize(x), y)
+    np.testing.assert_allclose(np.asarray(packed), np.asarray(want), rtol=0, atol=1e-12 * scale)
     # every block is exercised: conv/BN x conv/BN, conv/BN x head, head x head
     n_cb = model.channels * model.in_channels * model.kernel ** 2 + 2 * model.channels
     for block in (want[:n_cb, :n_cb], want[:n_cb, n_cb:], want[n_cb:, n_cb:]):

@@ -230,22 +230,26 @@ def test_cpu_device_count_errors_are_one_message(capsys, monkeypatch):
     assert "give one of them" in err and "Traceback" not in err
 
 
-def test_ynn_fusions_are_turned_off_unless_the_user_chose(monkeypatch):
+def test_ynn_fusions_only_for_dots_unless_the_user_chose(monkeypatch):
     import jaxlib
 
     monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    cli.disable_ynn_fusions()
+    cli.choose_ynn_fusions()
     assert cli.os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
-                                           "--xla_cpu_experimental_ynn_fusion_type=")
-    cli.disable_ynn_fusions()  # idempotent
+                                           "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    cli.choose_ynn_fusions()  # idempotent
     assert cli.os.environ["XLA_FLAGS"].count("ynn_fusion_type") == 1
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-    cli.disable_ynn_fusions()
+    cli.choose_ynn_fusions()
     assert cli.os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.0")  # flag known, the value not yet
+    monkeypatch.delenv("XLA_FLAGS")
+    cli.choose_ynn_fusions()
+    assert cli.os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
     monkeypatch.setattr(jaxlib, "__version__", "0.9.1")  # predates the flag: XLA would abort
     monkeypatch.delenv("XLA_FLAGS")
-    cli.disable_ynn_fusions()
+    cli.choose_ynn_fusions()
     assert "XLA_FLAGS" not in cli.os.environ
 
 
