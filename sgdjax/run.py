@@ -175,9 +175,10 @@ _CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 def choose_ynn_fusions() -> None:
     """Append ``--xla_cpu_experimental_ynn_fusion_type=individual_dot`` (YNNPACK for standalone
-    dots only; no value, i.e. none at all, on jaxlib 0.10.0-0.10.1) to ``XLA_FLAGS`` unless the
-    user set that flag or the jaxlib predates it. XLA reads the flags when the backends start,
-    so this only takes effect before the first JAX array exists."""
+    dots only, on jaxlib 0.10.2 and later 0.10 releases; no value, i.e. none at all, on the
+    others) to ``XLA_FLAGS`` unless the user set that flag or the jaxlib predates it. XLA reads
+    the flags when the backends start, so this only takes effect before the first JAX array
+    exists."""
     import jaxlib
 
     flags = os.environ.get("XLA_FLAGS", "")
@@ -188,7 +189,8 @@ def choose_ynn_fusions() -> None:
     except ValueError:
         return
     if version >= (0, 10):
-        value = "individual_dot" if version >= (0, 10, 2) else ""
+        # individual_dot is measured and tested on 0.10.2; other versions get no YNNPACK.
+        value = "individual_dot" if (0, 10, 2) <= version < (0, 11) else ""
         os.environ["XLA_FLAGS"] = f"{flags} {_CPU_FLAG}={value}".strip()
 
 

@@ -44,8 +44,6 @@ from sgdjax.stages import many_runs
 from sgdjax.stages.common import DTYPES, Context
 from sgdjax.store import lr_tag
 
-#: Validation examples per slice inside one evaluation (bounds the activations of one run).
-VAL_BATCH = 1024
 #: Never vmap more runs than this in one chunk (enough to fill an accelerator with these models).
 MAX_CHUNK = 256
 #: Used when the activation estimate is unavailable.
@@ -143,7 +141,7 @@ class Evaluator:
 
     One jitted function ``vmap``s :func:`~sgdjax.engine.trajectory.evaluate` over a fixed-size
     chunk of points; every call pads its last chunk, so each setup compiles once. The chunk size
-    keeps a chunk's activations (``chunk · VAL_BATCH · bytes per example``) under
+    keeps a chunk's activations (``chunk · model.eval_batch · bytes per example``) under
     ``memory_budget_gb``."""
 
     def __init__(self, ctx: Context, max_points: int = MAX_CHUNK, chunk: int | None = None):
@@ -156,7 +154,8 @@ class Evaluator:
         if self.x is None or self.y is None or self.x.shape[0] == 0:
             raise SgdjaxError("stage 6 needs a validation set, and this setup has none.")
         self.n_val = int(self.x.shape[0])
-        self.batch = min(VAL_BATCH, self.n_val)
+        # examples per slice of one evaluation (bounds the activations of one run)
+        self.batch = min(model.eval_batch, self.n_val)
         params, state = model.init(jax.random.key(0), self.dtype)
         w = model.flatten(params)
         self.n_params = int(w.shape[0])
