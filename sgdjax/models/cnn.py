@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sgdjax.errors import ConfigError, did_you_mean
+from sgdjax.models import fastmath
 from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear, declared
 
 CONV_IMPLS = ("folded", "im2col", "shift", "lax")
@@ -241,7 +242,7 @@ class CNNModule(nn.Module):
         # Position-major patches: the 12-channel map is one [N·P, K] x [K, O] product
         # (1.15x faster than channel-major with its gradient).
         h = jnp.einsum("npk,ok->npo", patches, w * scale[:, None]) + shift
-        return jnp.mean(nn.silu(h), axis=1)
+        return jnp.mean(fastmath.silu(h), axis=1)  # float64: 3x faster exp than XLA's
 
 
 @dataclass(frozen=True)
