@@ -38,6 +38,9 @@ lax        7.9 ms     10.7 ms
 =========  =========  =========
 
 A dense float64 Hessian (``jax.hessian``) of that loss took 16 s folded, 65 s im2col, 75 s lax.
+These are from raw images; from the packed features of :meth:`CNN.featurize`, with the float64
+SiLU of :mod:`sgdjax.models.fastmath`, the folded float64 gradient (gather included) takes 4.7 ms
+on one core.
 """
 
 from __future__ import annotations
