@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[Any]:
 
 
 if __name__ == "__main__":
-    from sgdjax.hostmem import reexec_with_huge_pages
+    from sgdjax.host import reexec_with_huge_pages
 
     reexec_with_huge_pages()
     main()

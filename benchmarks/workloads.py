@@ -428,8 +428,7 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
     lr = LR_CONT[p.name]
     sampler = make_sampler(STAGE4_SAMPLER[p.name], p.n_train, p.batch)
     traj = make_trajectory(p.train_loss, sampler, sz.steps,
-                           Recorder(params_every=1, val_every=ve, val_batch=p.model.eval_batch),
-                           eval_loss=p.eval_loss)
+                           Recorder(params_every=1, val_every=ve), eval_loss=p.eval_loss)
     # As the stage runs it: the run axis sharded over every local device (one CPU device per
     # core, see sgdjax.run.split_cpu), each device computing ``sz.chunk`` runs per call, and
     # every chunk's outputs brought to host memory (where the stage writes them to disk).
@@ -551,8 +550,7 @@ def bench_stage1(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
     ve = sz.val_every or p.epoch
     lr = LR[(p.name, 1)]
     sampler = make_sampler("default", p.n_train, p.batch)
-    traj = make_trajectory(p.train_loss, sampler, sz.train_steps,
-                           Recorder(val_every=ve, val_batch=p.model.eval_batch),
+    traj = make_trajectory(p.train_loss, sampler, sz.train_steps, Recorder(val_every=ve),
                            eval_loss=p.eval_loss)
     key = run_keys(SEED, "sgd", 1)[0]
     lr_a = jnp.asarray(lr, _JDT[p.dtype])

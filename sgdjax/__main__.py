@@ -1,6 +1,6 @@
 import sys
 
-from sgdjax.hostmem import reexec_with_huge_pages
+from sgdjax.host import reexec_with_huge_pages
 
 reexec_with_huge_pages()  # before anything else: the process is replaced
 

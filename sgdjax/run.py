@@ -18,6 +18,7 @@ from typing import Any
 from sgdjax.config import list_experiments, setup_path
 from sgdjax.errors import ConfigError, DeviceError, SgdjaxError
 from sgdjax.families import family_for
+from sgdjax.host import cpu_cores
 from sgdjax.nested_config import flatten
 
 
@@ -156,13 +157,6 @@ def print_summary(cfg: Any, results: dict[str, Any], total: float, out: Path) ->
     print(f"  {'total':<{width}}  {total:>8.1f}")
 
 
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 # XLA's CPU backend (jaxlib >= 0.10) hands elementwise chains next to small matmuls to YNNPACK
 # fusions; for these models that splits the softmax's exp into a separate, ~5x slower loop
 # (measured with jax.profiler on the MLP step), and the MLP ensemble step ran ~30% faster with
@@ -198,8 +192,8 @@ def split_cpu(n: int | None) -> None:
     """Expose ``n`` CPU devices (default: one per core) so that an ensemble's runs are sharded
     over every core: XLA's CPU backend runs the ops of one small-model computation on one core
     at a time, while separate devices execute concurrently (results are bitwise identical for
-    any device count, see ``engine/ensemble.py``), and turns off the CPU fusions that slow
-    these models down (``choose_ynn_fusions``). Leaves an explicit
+    any device count, see ``engine/ensemble.py``), and chooses the YNNPACK fusions that suit
+    these models (``choose_ynn_fusions``). Leaves an explicit
     ``--xla_force_host_platform_device_count`` alone, and does nothing once JAX's backends exist
     (a caller in the same process chose already)."""
     import jax
@@ -297,7 +291,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    from sgdjax.hostmem import reexec_with_huge_pages
+    from sgdjax.host import reexec_with_huge_pages
 
     reexec_with_huge_pages()
     sys.exit(main())

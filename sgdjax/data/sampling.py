@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from jax import lax
 
 from sgdjax.errors import ConfigError, did_you_mean
+from sgdjax.host import cpu_cores
 
 SamplerKind = Literal["reshuffle", "replacement", "full"]
 KINDS: tuple[str, ...] = ("reshuffle", "replacement", "full")
@@ -83,7 +83,7 @@ def _numpy_stable_argsort(bits: np.ndarray) -> np.ndarray:
         block.sort(axis=-1)
         out[rows] = block.view(np.uint32)[:, 0::2] if _LITTLE else block & np.uint64(0xFFFFFFFF)
 
-    parts = min(_cores(), max(1, packed.size // _PARALLEL_SORT_MIN))
+    parts = min(cpu_cores(), max(1, packed.size // _PARALLEL_SORT_MIN))
     step = -(-packed.shape[0] // parts)
     blocks = [slice(i, i + step) for i in range(0, packed.shape[0], step)]
     if len(blocks) == 1:
@@ -96,13 +96,6 @@ def _numpy_stable_argsort(bits: np.ndarray) -> np.ndarray:
 
 _LITTLE = sys.byteorder == "little"  # the low 32 bits of a uint64 are its first word
 _PARALLEL_SORT_MIN = 1 << 20  # keys per thread below which one thread sorts
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _host_stable_argsort(bits: jax.Array) -> jax.Array:

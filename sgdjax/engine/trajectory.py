@@ -83,7 +83,8 @@ class Recorder:
     eigvals: record the eigenvalues (ascending) of that Hessian.
     val_every: evaluate validation loss/accuracy after every ``val_every``-th update (0 = never).
     val_batch: validation is computed in slices of this many examples (memory bound), then
-        weighted by examples (spec §10 #13).
+        weighted by examples (spec §10 #13); 0: the eval loss's ``eval_batch`` (the model's
+        choice, see ``models.objective.make_loss_fn``), else 1024.
     """
 
     params_every: int = 0
@@ -91,7 +92,7 @@ class Recorder:
     hessian: bool = False
     eigvals: bool = False
     val_every: int = 0
-    val_batch: int = 1024
+    val_batch: int = 0
     hessian_chunk: int = 0
     curvature_every: int = 0
     curvature_k: int = 1
@@ -249,6 +250,7 @@ def make_trajectory(
     rec = recorder
     if rec.val_every and eval_loss is None:
         raise ValueError("val_every needs an eval_loss")
+    val_batch = rec.val_batch or getattr(eval_loss, "eval_batch", 1024)
     if rec.val_every and rec.curvature_every and rec.curvature_every % rec.val_every:
         raise ValueError(f"curvature_every={rec.curvature_every} must be a multiple of "
                          f"val_every={rec.val_every}")
@@ -351,7 +353,7 @@ def make_trajectory(
         def validated(carry: tuple, first: jax.Array) -> tuple[tuple, dict, dict]:
             carry, outs = steps_span(carry, first, rec.val_every)
             w, state, _, diverged_at, _ = carry
-            vl, va = evaluate(eval_loss, w, state, data.val_x, data.val_y, rec.val_batch)
+            vl, va = evaluate(eval_loss, w, state, data.val_x, data.val_y, val_batch)
             frozen = diverged_at >= 0
             own = {"val_loss": jnp.where(frozen, jnp.nan, vl),
                    "val_acc": jnp.where(frozen, jnp.nan, va)}

@@ -223,22 +223,17 @@ class CNNModule(nn.Module):
         self, conv: TorchConv2d, bn: BatchNorm2d, x: jax.Array, train: bool
     ) -> jax.Array:
         w = conv.weight.reshape(self.channels, -1)  # [O, K]
-        if x.ndim == 3:  # packed patch features (CNN.featurize)
-            patches, s1, s2 = unpack_patch_features(x)
-        else:
-            patches = jnp.swapaxes(im2col(x, self.kernel, self.padding), 1, 2)  # [N, P, K]
+        if x.ndim == 4:  # images rather than the packed features of CNN.featurize
+            x = patch_features(x, self.kernel, self.padding)
+        patches, s1, s2 = unpack_patch_features(x)
         count = patches.shape[0] * patches.shape[1]
         mean = var = None
         if train:
             # The conv output's batch mean/variance per channel are w·m and wᵀSw (S the biased
-            # patch covariance), without materialising the un-normalised map.
-            if x.ndim == 3:
-                m = jnp.sum(s1, axis=0) / count  # [K]
-                cov = jnp.sum(s2, axis=0) / count - jnp.outer(m, m)
-            else:
-                m = jnp.mean(patches, axis=(0, 1))
-                centred = patches - m
-                cov = jnp.einsum("npk,npl->kl", centred, centred) / count
+            # patch covariance, from the summed moments), without materialising the
+            # un-normalised map.
+            m = jnp.sum(s1, axis=0) / count  # [K]
+            cov = jnp.sum(s2, axis=0) / count - jnp.outer(m, m)
             mean = w @ m
             var = jnp.einsum("ok,kl,ol->o", w, cov, w)
         scale, shift = bn.affine(mean, var, count, train)

@@ -37,6 +37,8 @@ def make_loss_fn(model: TorchLayoutModel, *, train: bool) -> LossFn:
 
     ``x`` are features (``model.featurize`` output), ``y`` integer labels; with ``train=True``
     BatchNorm uses batch statistics and ``new_state`` carries the updated running statistics.
+    ``f.eval_batch`` is the model's validation slice size (``model.eval_batch``), which a
+    trajectory evaluating with ``f`` uses unless its Recorder sets ``val_batch``.
     """
 
     def loss_fn(
@@ -45,4 +47,5 @@ def make_loss_fn(model: TorchLayoutModel, *, train: bool) -> LossFn:
         logits, new_state = model.apply(model.unflatten(w_flat), state, x, train=train)
         return cross_entropy(logits, y), (new_state, num_correct(logits, y))
 
+    loss_fn.eval_batch = model.eval_batch  # type: ignore[attr-defined]
     return loss_fn

@@ -128,7 +128,6 @@ class Context:
                 f"curvature_every={c.curvature_every} must be a multiple of this stage's "
                 f"validation cadence ({block} steps), e.g. --set curvature_every={block * 10}."
             )
-        fields.setdefault("val_batch", self.model.eval_batch)
         return Recorder(
             **fields, curvature_every=c.curvature_every, curvature_k=c.curvature_k,
             curvature_iters=c.curvature_iters, curvature_probes=c.curvature_probes,

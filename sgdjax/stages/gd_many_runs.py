@@ -56,8 +56,7 @@ def run(ctx: Context) -> dict[str, Any]:
     steps = cfg.many_runs_steps
     traj = make_trajectory(
         train_loss, ctx.sampler("full"), steps,
-        Recorder(params_every=1, grad_norm=True, val_every=1, val_batch=ctx.model.eval_batch),
-        eval_loss=eval_loss,
+        Recorder(params_every=1, grad_norm=True, val_every=1), eval_loss=eval_loss,
     )
     fn = vmapped(traj)
     lrs = [effective_lr(cfg, lr, ctx.n_train) for lr in cfg.lrs]

@@ -1,14 +1,15 @@
-"""Transparent huge pages for the large host arrays of a run (Linux with glibc >= 2.35).
+"""The host process: its CPU cores, and transparent huge pages for a run's large host arrays.
 
-An ensemble allocates gigabytes per chunk: XLA's output buffers (the recorded weights), their
-host copies and the sampler's sort keys. Each first write to fresh anonymous memory costs a page
-fault per 4 KiB page; on the 2-vCPU VMs this project is measured on, faulting in fresh memory
-ran at about 0.5 GB/s and took a quarter of an MLP ensemble's CPU time. Where the kernel hands
-out huge pages only on request (``/sys/kernel/mm/transparent_hugepage/enabled`` set to
-``madvise``, a common default), glibc's ``malloc`` requests them for its own mappings when the
-process starts with the tunable ``glibc.malloc.hugetlb=1``: 512 times fewer faults. Tunables are
-read when a process starts, so ``python -m sgdjax.run`` and ``python -m benchmarks`` execute
-themselves again, once, with the tunable added.
+Huge pages (Linux with glibc >= 2.35): an ensemble allocates gigabytes per chunk: XLA's output
+buffers (the recorded weights), their host copies and the sampler's sort keys. Each first write
+to fresh anonymous memory costs a page fault per 4 KiB page; on the 2-vCPU VMs this project is
+measured on, faulting in fresh memory ran at about 0.5 GB/s and took a quarter of an MLP
+ensemble's CPU time. Where the kernel hands out huge pages only on request
+(``/sys/kernel/mm/transparent_hugepage/enabled`` set to ``madvise``, a common default), glibc's
+``malloc`` requests them for its own mappings when the process starts with the tunable
+``glibc.malloc.hugetlb=1``: 512 times fewer faults. Tunables are read when a process starts, so
+``python -m sgdjax.run`` and ``python -m benchmarks`` execute themselves again, once, with the
+tunable added.
 
 Set ``SGDJAX_HUGEPAGES=0`` to keep the process as started (the re-executed process sees
 ``SGDJAX_HUGEPAGES=1``).
@@ -24,6 +25,14 @@ from collections.abc import Mapping
 TUNABLE = "glibc.malloc.hugetlb=1"
 SWITCH = "SGDJAX_HUGEPAGES"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def thp_mode(path: str = THP_ENABLED) -> str | None:
