@@ -145,3 +145,89 @@ def test_generate_follows_the_model(gpt) -> None:
         logits = numpy_forward(sd, seq[:, -16:])
         seq = np.concatenate([seq, logits[:, -1].argmax(-1)[:, None]], axis=1)
     np.testing.assert_array_equal(greedy, seq)
+
+
+def plain_loss(sd: dict, tokens: jax.Array, targets: jax.Array) -> jax.Array:
+    """A one-block, one-head NanoGPT's mean cross-entropy written with plain ``jnp`` ops only:
+    autodiff of this is the reference for the model's hand-written tangents and barriers."""
+    from jax.scipy.special import erf
+
+    def ln(x, name):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(var + 1e-5) * sd[name + ".weight"] + sd[name + ".bias"]
+
+    t, (vocab, c) = tokens.shape[1], sd["lm_head.weight"].shape
+    x = jax.nn.one_hot(tokens, vocab, dtype=sd["lm_head.weight"].dtype)
+    x = x @ sd["transformer.wte.weight"]
+    x = x + sd["transformer.wpe.weight"][:t]
+    q, k, v = jnp.split(ln(x, "transformer.h.0.ln_1") @ sd["transformer.h.0.attn.c_attn.weight"].T,
+                        3, axis=-1)
+    att = jnp.where(jnp.tril(jnp.ones((t, t), bool)), q @ k.transpose(0, 2, 1) / jnp.sqrt(c),
+                    -jnp.inf)
+    x = x + (jax.nn.softmax(att, -1) @ v) @ sd["transformer.h.0.attn.c_proj.weight"].T
+    h = ln(x, "transformer.h.0.ln_2") @ sd["transformer.h.0.mlp.c_fc.weight"].T
+    h = 0.5 * h * (1 + erf(h / jnp.sqrt(2.0)))
+    x = x + h @ sd["transformer.h.0.mlp.c_proj.weight"].T
+    logits = ln(x, "transformer.ln_f") @ sd["lm_head.weight"].T
+    logp = jax.nn.log_softmax(logits, -1)
+    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+
+
+def test_derivatives_match_plain_autodiff(x64) -> None:
+    """Gradient, dense Hessian, a forward-mode derivative and a vmapped gradient of the model's
+    loss equal autodiff of a plain-jnp implementation (float64): the derivative barriers and the
+    custom attention tangents change how XLA schedules the work, not what is computed."""
+    from sgdjax.models.objective import make_loss_fn
+
+    m = NanoGPT(vocab_size=7, block_size=6, n_embd=4)  # 212 parameters: a quick dense Hessian
+    p, s = m.init(jax.random.key(1), jnp.float64)
+    rng = np.random.default_rng(7)
+    w = m.flatten(p) + jnp.asarray(0.5 * rng.normal(size=m.num_params))
+    tokens = jnp.asarray(rng.integers(0, 7, size=(3, 6)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, 7, size=(3, 6)), jnp.int32)
+    f = lambda v: make_loss_fn(m, train=True)(v, s, tokens, targets)[0]  # noqa: E731
+    sizes = [int(np.prod(spec.shape)) for spec in m.layout]
+    starts = np.cumsum([0] + sizes)
+
+    def g(v):  # the flat vector in the documented torch order, split by hand
+        sd = {spec.torch_name: v[a:a + n].reshape(spec.shape)
+              for spec, a, n in zip(m.layout, starts, sizes, strict=False)}
+        return plain_loss(sd, tokens, targets)
+
+    jit = jax.jit
+    assert float(jit(f)(w)) == pytest.approx(float(jit(g)(w)), rel=1e-13)
+    np.testing.assert_allclose(jit(jax.grad(f))(w), jit(jax.grad(g))(w), rtol=1e-11, atol=1e-13)
+    hf, hg = jit(jax.hessian(f))(w), jit(jax.hessian(g))(w)
+    assert float(jnp.abs(hg).max()) > 0.1  # far from zero: the comparison means something
+    np.testing.assert_allclose(hf, hg, rtol=1e-10, atol=1e-12)
+    d = jnp.asarray(rng.normal(size=w.shape))
+    fwd = lambda h: jit(lambda v: jax.jvp(h, (v,), (d,))[1])(w)  # noqa: E731
+    np.testing.assert_allclose(fwd(f), fwd(g), rtol=1e-11)
+    ws = jnp.stack([w, w + 0.1 * d])
+    np.testing.assert_allclose(jit(jax.vmap(jax.grad(f)))(ws), jit(jax.vmap(jax.grad(g)))(ws),
+                               rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["_scores", "_mix"])
+def test_attention_products_tangents(x64, name) -> None:
+    """The hand-written tangents of attention's two products: values, gradients and
+    Hessian-vector products equal those of the plain products, with extra batch axes."""
+    import sgdjax.models.nanogpt as ng
+
+    fn = getattr(ng, name)
+    plain = {"_scores": lambda a, b: a @ jnp.swapaxes(b, -1, -2), "_mix": lambda a, b: a @ b}[name]
+    rng = np.random.default_rng(3)
+    a = jnp.asarray(rng.normal(size=(2, 3, 5, 4 if name == "_scores" else 6)))
+    b = jnp.asarray(rng.normal(size=(2, 3, 6, 4)))
+    r = jnp.asarray(rng.normal(size=plain(a, b).shape))
+    loss = lambda op: lambda a, b: jnp.sum(jnp.sin(op(a, b)) * r)  # noqa: E731
+    np.testing.assert_allclose(fn(a, b), plain(a, b), rtol=1e-14)
+    ga, gb = jax.grad(loss(fn), (0, 1))(a, b)
+    pa, pb = jax.grad(loss(plain), (0, 1))(a, b)
+    np.testing.assert_allclose(ga, pa, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gb, pb, rtol=1e-12, atol=1e-14)
+    ta, tb = jnp.asarray(rng.normal(size=a.shape)), jnp.asarray(rng.normal(size=b.shape))
+    hvp = lambda op: jax.jvp(jax.grad(loss(op), (0, 1)), (a, b), (ta, tb))[1]  # noqa: E731
+    for x, y in zip(hvp(fn), hvp(plain), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
