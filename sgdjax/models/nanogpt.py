@@ -148,14 +148,8 @@ class PositionEmbedding(nn.Module):
         return table[:t]  # positions 0..t-1: a static slice, no gather
 
 
-class _FencedLinear(TorchLinear):
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return _fence(super().__call__(x))
-
-
 def _linear(n_in: int, n_out: int, dtype: Any, name: str) -> TorchLinear:
-    return _FencedLinear(n_in, n_out, use_bias=False, param_dtype=dtype, name=name)
+    return TorchLinear(n_in, n_out, use_bias=False, param_dtype=dtype, name=name)
 
 
 class CausalSelfAttention(nn.Module):

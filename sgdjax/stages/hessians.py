@@ -31,7 +31,7 @@ from sgdjax.stages.train_sgd import LOGS as SGD_LOGS
 from sgdjax.store import lr_tag, pending_chunks
 
 #: Hessian columns per batch of HVPs (0 = jax.hessian), the fastest measured per model on CPU.
-HESSIAN_CHUNK = {"cnn": 32, "nanogpt": 32}
+HESSIAN_CHUNK = {"cnn": 32, "nanogpt": 16}
 #: Hessian bytes per compiled segment: bounds the device/host memory a segment holds.
 SEGMENT_BYTES = 256 * 2**20
 
