@@ -218,15 +218,25 @@ class GPTModule(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, idx: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, idx: jax.Array, train: bool = False, embedded: jax.Array | None = None,
+        hidden: bool = False,
+    ) -> jax.Array:
+        """Logits of ``idx``; with ``embedded`` (``[B, T, n_embd]``) the blocks start from that
+        input instead of ``wte[idx] + wpe``, and ``hidden=True`` returns the final LayerNorm's
+        output instead of the logits (the structured Hessian differentiates both)."""
         del train  # no dropout
         dt, c = self.param_dtype, self.n_embd
-        t = idx.shape[-1]
-        x = Embedding(self.vocab_size, c, dt, name="wte")(idx)
-        x = x + PositionEmbedding(self.block_size, c, dt, name="wpe")(t)
+        if embedded is None:
+            x = Embedding(self.vocab_size, c, dt, name="wte")(idx)
+            x = x + PositionEmbedding(self.block_size, c, dt, name="wpe")(idx.shape[-1])
+        else:
+            x = embedded
         for i in range(self.n_layer):
             x = Block(c, self.n_head, self.mlp_hidden, dt, name=f"h_{i}")(x)
         x = LayerNorm(c, param_dtype=dt, name="ln_f")(x)
+        if hidden:
+            return x
         return _linear(c, self.vocab_size, dt, "lm_head")(x)
 
 
@@ -305,6 +315,19 @@ class NanoGPT(TorchLayoutModel):
                 f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
             )
         return super().apply(params, state, feats, train=train)
+
+    def loss_hessian(
+        self, w: jax.Array, state: Any, feats: jax.Array, labels: jax.Array,
+        chunk: int | None = None,
+    ) -> jax.Array:
+        """Exact ``[P, P]`` Hessian of the mean cross-entropy at the flat parameters ``w``
+        (:mod:`sgdjax.models.nanogpt_hessian`: the tables' and ``lm_head``'s blocks from
+        per-sequence structure and closed forms, 560 instead of 960 Hessian-vector products
+        for the default model)."""
+        from sgdjax.models.nanogpt_hessian import gpt_ce_hessian
+
+        del state  # no buffers
+        return gpt_ce_hessian(self, w, feats, labels, **({} if chunk is None else {"chunk": chunk}))
 
     def generate(
         self,

@@ -231,3 +231,31 @@ def test_attention_products_tangents(x64, name) -> None:
     hvp = lambda op: jax.jvp(jax.grad(loss(op), (0, 1)), (a, b), (ta, tb))[1]  # noqa: E731
     for x, y in zip(hvp(fn), hvp(plain), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(("kwargs", "seq"), [
+    ({}, 6),                                   # sequences as long as the context
+    ({}, 4),                                   # shorter: wpe rows 4, 5 do not enter the loss
+    ({"n_layer": 2, "n_head": 2, "mlp_ratio": 2}, 6),
+])
+def test_structured_hessian_equals_autodiff(x64, kwargs, seq) -> None:
+    """``loss_hessian`` (tables and lm_head from per-sequence structure and closed forms) equals
+    the autodiff Hessian of the same loss, entry by entry, in float64."""
+    from sgdjax.analysis.hessian import dense_hessian
+    from sgdjax.models.objective import make_loss_fn
+
+    m = NanoGPT(vocab_size=7, block_size=6, n_embd=4, **kwargs)
+    p, s = m.init(jax.random.key(2), jnp.float64)
+    rng = np.random.default_rng(11)
+    w = m.flatten(p) + jnp.asarray(0.4 * rng.normal(size=m.num_params))
+    tokens = jnp.asarray(rng.integers(0, 7, size=(5, seq)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 7, size=(5, seq)), jnp.int32)
+    f = lambda v: make_loss_fn(m, train=True)(v, s, tokens, labels)[0]  # noqa: E731
+    ref = jax.jit(lambda v: dense_hessian(f, v, batch_size=32))(w)
+    got = jax.jit(lambda v: m.loss_hessian(v, s, tokens, labels))(w)
+    assert float(jnp.abs(ref).max()) > 0.5
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * float(jnp.abs(ref).max()))
+    np.testing.assert_array_equal(got, got.T)
+    if seq < 6:  # unused positions: exactly zero rows
+        wpe = slice(7 * 4 + seq * 4, 7 * 4 + 6 * 4)
+        assert float(jnp.abs(got[wpe]).max()) == 0.0
