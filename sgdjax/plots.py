@@ -91,7 +91,11 @@ def _finish(ax: Axes, *, xlabel: str, ylabel: str, title: str | None = None,
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(frameon=True, framealpha=0.85, edgecolor="0.85", fontsize="small")
+        # "best" tests every plotted point against each candidate spot: seconds (and a
+        # matplotlib warning) for the long per-step eigenvalue series
+        points = sum(len(line.get_xdata()) for line in ax.get_lines())
+        ax.legend(loc="best" if points <= 20_000 else "upper right", frameon=True,
+                  framealpha=0.85, edgecolor="0.85", fontsize="small")
 
 
 def _empty(ax: Axes, message: str) -> None:
