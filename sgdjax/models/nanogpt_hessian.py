@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sgdjax.analysis.hessian import make_hvp
+from sgdjax.analysis.hessian import dense_hessian, make_hvp
 from sgdjax.models.objective import cross_entropy
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 #: Hessian-vector products per batch (``lax.map`` block): the fastest measured on CPU.
 HVP_CHUNK = 16
+#: Largest per-sequence intermediates (bytes) the structured form may hold; beyond it (long
+#: contexts, wide embeddings: they grow as (T·C)² · B) the Hessian is all products instead.
+STRUCTURED_BYTES = 512 * 2**20
 
 
 def gpt_ce_hessian(
@@ -60,6 +63,10 @@ def gpt_ce_hessian(
     def loss(vec: jax.Array) -> jax.Array:
         logits, _ = model.apply(model.unflatten(vec), None, tokens, train=True)
         return cross_entropy(logits, labels)
+
+    per_slot = b * (2 * t * c + v * c + t * v)  # hx, hdot, the lm_head coupling, its logits
+    if t * c * per_slot * jnp.dtype(dt).itemsize > STRUCTURED_BYTES:
+        return dense_hessian(loss, w, batch_size=chunk)
 
     # Columns of the blocks' parameters: ordinary products with unit vectors.
     units = jnp.eye(head - p_end, n, k=p_end, dtype=dt)

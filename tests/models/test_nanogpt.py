@@ -233,14 +233,20 @@ def test_attention_products_tangents(x64, name) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize(("kwargs", "seq"), [
-    ({}, 6),                                   # sequences as long as the context
-    ({}, 4),                                   # shorter: wpe rows 4, 5 do not enter the loss
-    ({"n_layer": 2, "n_head": 2, "mlp_ratio": 2}, 6),
+@pytest.mark.parametrize(("kwargs", "seq", "budget"), [
+    ({}, 6, None),                                   # sequences as long as the context
+    ({}, 4, None),                                   # shorter: wpe rows 4, 5 do not enter
+    ({"n_layer": 2, "n_head": 2, "mlp_ratio": 2}, 6, None),
+    ({}, 6, 0),                                      # over the memory budget: all products
 ])
-def test_structured_hessian_equals_autodiff(x64, kwargs, seq) -> None:
+def test_structured_hessian_equals_autodiff(x64, kwargs, seq, budget, monkeypatch) -> None:
     """``loss_hessian`` (tables and lm_head from per-sequence structure and closed forms) equals
-    the autodiff Hessian of the same loss, entry by entry, in float64."""
+    the autodiff Hessian of the same loss, entry by entry, in float64; so does its fallback to
+    plain products when the per-sequence intermediates exceed the memory budget."""
+    import sgdjax.models.nanogpt_hessian as nh
+
+    if budget is not None:
+        monkeypatch.setattr(nh, "STRUCTURED_BYTES", budget)
     from sgdjax.analysis.hessian import dense_hessian
     from sgdjax.models.objective import make_loss_fn
 
