@@ -1,11 +1,11 @@
 """Where one compiled computation spends its time, kernel by kernel (XLA CPU thunks).
 
-    python -m benchmarks.kernels nanogpt step            # vmapped SGD steps of 20 runs
+    python -m benchmarks.kernels nanogpt step            # 50 steps of 20 vmapped runs
     python -m benchmarks.kernels nanogpt hessian --top 15
     python -m benchmarks.kernels cnn step --dtype float64 --runs 1 --hlo step.txt
 
-The computation (a ``lax.scan`` of ``--steps`` training steps of ``--runs`` vmapped runs on
-fixed-size batches of the benchmark data, or one dense minibatch Hessian as stage 3 computes it)
+The computation (``--steps`` steps of ``--runs`` vmapped stage-4 trajectories on the benchmark
+data, with the benchmark's sampler, or one dense minibatch Hessian as stage 3 computes it)
 runs once to compile, then once under ``jax.profiler`` with XLA's per-thunk trace events
 (``--xla_cpu_enable_xprof_traceme``). The table lists the kernels by total time per call of the
 computation, with their share, and the fusion kinds summed; ``--hlo`` writes the optimised HLO,
@@ -89,34 +89,30 @@ def build(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...], int]:
     """The jitted computation, its arguments, and how many units (steps) one call holds."""
     import jax
     import jax.numpy as jnp
-    from jax import lax
 
-    from benchmarks.workloads import _batch, make_problem
+    from benchmarks.workloads import LR_CONT, SEED, STAGE4_SAMPLER, _batch, make_problem
     from sgdjax.analysis.hessian import dense_hessian
+    from sgdjax.data.sampling import make_sampler
+    from sgdjax.engine.ensemble import run_keys, vmapped
+    from sgdjax.engine.trajectory import make_trajectory
 
     p = make_problem(args.model, args.dtype)
-    xb, yb = _batch(p)
     if args.what == "hessian":
         closed = getattr(p.model, "loss_hessian", None)
 
         def hess(w: Any, x: Any, y: Any) -> Any:
             if closed is not None:
                 return closed(w, p.state0, x, y)
-            return dense_hessian(lambda v: p.train_loss(v, p.state0, x, y)[0], w,
-                                 batch_size=16)
+            return dense_hessian(lambda v: p.train_loss(v, p.state0, x, y)[0], w)
 
-        return jax.jit(hess), (p.w0, xb, yb), 1
+        return jax.jit(hess), (p.w0, *_batch(p)), 1
 
-    grad = jax.grad(lambda w, s, x, y: p.train_loss(w, s, x, y)[0])
-    ws = jnp.broadcast_to(p.w0, (args.runs, *p.w0.shape))
-
-    def run(ws: Any, x: Any, y: Any) -> Any:
-        def one(w: Any) -> Any:
-            body = lambda w, _: (w - 1e-3 * grad(w, p.state0, x, y), None)  # noqa: E731
-            return lax.scan(body, w, None, length=args.steps)[0]
-        return jax.vmap(one)(ws)
-
-    return jax.jit(run), (ws, xb, yb), args.steps
+    # The stage-4 engine itself: vmapped trajectories with the benchmark's sampler, losses only.
+    sampler = make_sampler(STAGE4_SAMPLER[p.name], p.n_train, p.batch)
+    fn = vmapped(make_trajectory(p.train_loss, sampler, args.steps))
+    keys = run_keys(SEED, "many_runs", args.runs)
+    lrs = jnp.full((args.runs,), LR_CONT[p.name], p.w0.dtype)
+    return fn, (p.w0, p.state0, keys, lrs, p.data), args.steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:

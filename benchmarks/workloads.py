@@ -500,16 +500,14 @@ def bench_stage4(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -
 def bench_stage3(p: Problem, sz: Sizes, threads: tuple[int, ...], loader: str) -> Measured:
     """Per-step dense minibatch Hessians: ``Recorder(hessian=True)`` vs row-by-row autograd.
 
-    sgdjax computes them as stage 3 does: the closed form where the model has one (MLP, CNN),
-    else batches of Hessian-vector products."""
+    sgdjax computes them as stage 3 does: with the model's own Hessian (closed forms for the
+    MLP and CNN, NanoGPT's structured one)."""
     from benchmarks.torch_reference import hessian_run
-    from sgdjax.stages.hessians import HESSIAN_CHUNK
 
     lr = LR_CONT[p.name]
     sampler = make_sampler("default", p.n_train, p.batch)
     traj = make_trajectory(p.train_loss, sampler, sz.hess_steps,
-                           Recorder(params_every=1, hessian=True,
-                                    hessian_chunk=HESSIAN_CHUNK.get(p.name, 0)),
+                           Recorder(params_every=1, hessian=True),
                            hessian_fn=getattr(p.model, "loss_hessian", None))
     key = run_keys(SEED, "hessians", 1)[0]
     lr_a = jnp.asarray(lr, _JDT[p.dtype])

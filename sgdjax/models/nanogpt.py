@@ -327,7 +327,7 @@ class NanoGPT(TorchLayoutModel):
         from sgdjax.models.nanogpt_hessian import gpt_ce_hessian
 
         del state  # no buffers
-        return gpt_ce_hessian(self, w, feats, labels, **({} if chunk is None else {"chunk": chunk}))
+        return gpt_ce_hessian(self, w, feats, labels, chunk)
 
     def generate(
         self,

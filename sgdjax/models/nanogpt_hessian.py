@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sgdjax.analysis.hessian import dense_hessian, make_hvp
-from sgdjax.models.objective import cross_entropy
+from sgdjax.models.objective import cross_entropy, make_loss_fn
 
 if TYPE_CHECKING:
     from sgdjax.models.nanogpt import NanoGPT
@@ -47,10 +47,12 @@ STRUCTURED_BYTES = 512 * 2**20
 
 def gpt_ce_hessian(
     model: NanoGPT, w: jax.Array, tokens: jax.Array, labels: jax.Array,
-    chunk: int = HVP_CHUNK,
+    chunk: int | None = None,
 ) -> jax.Array:
     """``[P, P]`` Hessian of the mean cross-entropy of ``model`` at the flat ``w`` on
-    ``tokens [B, T]`` with targets ``labels [B, T]``, in the flat PyTorch order (symmetric)."""
+    ``tokens [B, T]`` with targets ``labels [B, T]``, in the flat PyTorch order (symmetric).
+    ``chunk``: products per ``lax.map`` block (default ``HVP_CHUNK``)."""
+    chunk = chunk or HVP_CHUNK
     b, t = tokens.shape
     v, c, tb = model.vocab_size, model.n_embd, model.block_size
     n = w.shape[0]
@@ -60,9 +62,10 @@ def gpt_ce_hessian(
     module = model.module(w.dtype)
     dt = w.dtype
 
+    train_loss = make_loss_fn(model, train=True)
+
     def loss(vec: jax.Array) -> jax.Array:
-        logits, _ = model.apply(model.unflatten(vec), None, tokens, train=True)
-        return cross_entropy(logits, labels)
+        return train_loss(vec, None, tokens, labels)[0]
 
     per_slot = b * (2 * t * c + v * c + t * v)  # hx, hdot, the lm_head coupling, its logits
     if t * c * per_slot * jnp.dtype(dt).itemsize > STRUCTURED_BYTES:
@@ -83,7 +86,7 @@ def gpt_ce_hessian(
     hx = lax.map(make_hvp(loss_x, x0), tangents, batch_size=chunk).reshape(t, c, b, t, c)
     h0, h_tan = jax.linearize(
         lambda x: module.apply({"params": params}, tokens, embedded=x, hidden=True), x0)
-    hdot = lax.map(h_tan, tangents, batch_size=chunk).reshape(t, c, b, t, c)
+    hdot = lax.map(h_tan, tangents, batch_size=chunk)  # [j = (t, c), B, T', C]
 
     # lm_head: closed forms.
     wh = params["lm_head"]["weight"]  # [V, C]
@@ -95,10 +98,10 @@ def gpt_ce_hessian(
     diag = jnp.einsum("stv,stck->vck", probs, hh)  # the diag(p) term, on the V diagonal
     h_ww = (jnp.einsum("vck,vw->vcwk", diag, jnp.eye(v, dtype=dt))
             - jnp.einsum("stv,stw,stck->vcwk", probs, probs, hh)) / nt
-    ldot = jnp.einsum("jsuc,vc->jsuv", hdot.reshape(t * c, b, t, c), wh)  # [j, B, T, V]
+    ldot = jnp.einsum("jsuc,vc->jsuv", hdot, wh)  # [j, B, T, V]
     gdot = probs * (ldot - jnp.sum(probs * ldot, -1, keepdims=True)) / nt
     m = (jnp.einsum("jsuv,suc->jsvc", gdot, h0)
-         + jnp.einsum("suv,jsuc->jsvc", g, hdot.reshape(t * c, b, t, c)))  # [j, B, V, C]
+         + jnp.einsum("suv,jsuc->jsvc", g, hdot))  # [j, B, V, C]
     m = m.reshape(t, c, b, v * c)  # H[W, x_s(t, c)] at [t, c, s, :]
 
     onehot = jax.nn.one_hot(tokens, v, dtype=dt)  # [B, T, V]

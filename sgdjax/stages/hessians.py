@@ -30,8 +30,6 @@ from sgdjax.stages.train_gd import LOGS as GD_LOGS
 from sgdjax.stages.train_sgd import LOGS as SGD_LOGS
 from sgdjax.store import lr_tag, pending_chunks
 
-#: Hessian columns per batch of HVPs (0 = jax.hessian), the fastest measured per model on CPU.
-HESSIAN_CHUNK = {"cnn": 32, "nanogpt": 16}
 #: Hessian bytes per compiled segment: bounds the device/host memory a segment holds.
 SEGMENT_BYTES = 256 * 2**20
 
@@ -74,8 +72,8 @@ def run(ctx: Context) -> dict[str, Any]:
     seg = segment_steps(n_params, jnp.dtype(dtype).itemsize, steps)
     # Eigenvalues are computed on the host (LAPACK) while the device computes the next segment:
     # XLA's in-loop eigvalsh cost ~20x the MLP's Hessian itself, LAPACK about 5x less.
-    record = Recorder(params_every=1, hessian=True,
-                      hessian_chunk=HESSIAN_CHUNK.get(cfg.model, 0))
+    # Every exp1/exp2 model computes its own Hessian (closed forms, NanoGPT's structure).
+    record = Recorder(params_every=1, hessian=True)
     fns: dict[int, Any] = {}
     info: dict[str, Any] = {"steps": steps, "segment_steps": seg}
 
