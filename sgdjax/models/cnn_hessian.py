@@ -48,14 +48,20 @@ def cnn_ce_hessian(w: jax.Array, x: jax.Array, y: jax.Array, *, in_channels: int
     patch features (``CNN.featurize``), ``y`` labels."""
     o, k = channels, in_channels * kernel * kernel
     n_cb = o * k + 2 * o
-    if x.ndim == 3:  # packed patch features (CNN.featurize)
-        patches = jnp.swapaxes(unpack_patch_features(x.astype(w.dtype))[0], 1, 2)
+    if x.ndim == 3:  # packed patch features (CNN.featurize): zero patches may be left out
+        feats, _, _, positions = unpack_patch_features(x.astype(w.dtype))
+        patches = jnp.swapaxes(feats, 1, 2)  # [N, K, M]
     else:
         patches = im2col(x.astype(w.dtype), kernel, padding)  # [N, K, P]
-    n, _, p = patches.shape
-    m = jnp.mean(patches, axis=(0, 2))
+        positions = jnp.full((x.shape[0],), patches.shape[2], w.dtype)
+    # Image n has p[n] positions, ``zeros[n]`` of them zero patches not in ``patches``: on
+    # those x̃ = [0, …, 0, 1] and the conv + BatchNorm value is the channel's bias b_c.
+    p = positions[:, None]  # [N, 1]
+    zeros = p - patches.shape[2]
+    total = jnp.sum(positions)
+    m = jnp.sum(patches, axis=(0, 2)) / total
     centred = patches - m[None, :, None]
-    cov = jnp.einsum("nkp,nlp->kl", centred, centred) / (n * p)
+    cov = (jnp.einsum("nkp,nlp->kl", centred, centred) + jnp.sum(zeros) * jnp.outer(m, m)) / total
 
     def phi(theta: jax.Array) -> jax.Array:  # (w_c, γ_c, β_c) -> (a_c, b_c)
         wc, gamma, beta = theta[:k], theta[k], theta[k + 1]
@@ -68,11 +74,14 @@ def cnn_ce_hessian(w: jax.Array, x: jax.Array, y: jax.Array, *, in_channels: int
     j_phi = jax.vmap(jax.jacfwd(phi))(theta)  # [O, K+1, K+2]
     h_phi = jax.vmap(jax.hessian(phi))(theta)  # [O, K+1, K+2, K+2]
 
-    xt = jnp.concatenate([patches, jnp.ones((n, 1, p), patches.dtype)], axis=1)  # [N, K+1, P]
+    n, _, npos = patches.shape
+    xt = jnp.concatenate([patches, jnp.ones((n, 1, npos), patches.dtype)], axis=1)  # [N, K+1, M]
     pre = jnp.einsum("ck,nkp->ncp", ab, xt)
     act, d1, d2 = _silu_derivatives(pre)
-    u = jnp.mean(act, axis=2)  # [N, O]
-    ju = jnp.einsum("ncp,nkp->nck", d1, xt) / p  # [N, O, K+1]
+    act0, d1_0, d2_0 = _silu_derivatives(ab[:, k])  # on a zero patch, [O]
+    u = (jnp.sum(act, axis=2) + zeros * act0) / p  # [N, O]
+    ju = jnp.einsum("ncp,nkp->nck", d1, xt) / p[:, :, None]  # [N, O, K+1]
+    ju = ju.at[:, :, k].add(zeros * d1_0 / p)
 
     head = w[n_cb:]
 
@@ -97,8 +106,10 @@ def cnn_ce_hessian(w: jax.Array, x: jax.Array, y: jax.Array, *, in_channels: int
     # Hessian in (ab, head)
     # one channel at a time: a weighted Gram of the patches (a three-operand einsum over all
     # channels materialises a [N, O, K+1, P] intermediate and was 40 % slower)
-    weights = jnp.moveaxis(g_u[:, :, None] * d2, 1, 0)  # [O, N, P]
-    t = lax.map(lambda wc: jnp.einsum("np,nkp,nlp->kl", wc, xt, xt), weights) / p
+    g_p = g_u / p  # [N, O]
+    weights = jnp.moveaxis(g_p[:, :, None] * d2, 1, 0)  # [O, N, M]
+    t = lax.map(lambda wc: jnp.einsum("np,nkp,nlp->kl", wc, xt, xt), weights)
+    t = t.at[:, k, k].add(jnp.sum(g_p * zeros, axis=0) * d2_0)
     h_abab = jnp.einsum("nck,ncd,ndl->ckdl", ju, h_uu, ju)
     h_abab = h_abab + jnp.eye(o, dtype=w.dtype)[:, None, :, None] * t[:, :, None, :]
     h_abh = jnp.einsum("nck,ncj->ckj", ju, h_uh)

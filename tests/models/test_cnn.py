@@ -10,7 +10,7 @@ from jax import lax
 
 from sgdjax.errors import ConfigError
 from sgdjax.models import CNN
-from sgdjax.models.cnn import CONV_IMPLS
+from sgdjax.models.cnn import CONV_IMPLS, conv_silu_pool, patch_features, unpack_patch_features
 
 
 @pytest.fixture(scope="module")
@@ -158,14 +158,18 @@ def test_packed_patch_features_match_images(setup) -> None:
 
     m, p, s, x, y = setup
     feats = m.featurize(x)
-    assert feats.shape == (6, 28 * 28 + 1 + 9, 9) == m.example_features(6).shape
+    # no patch of these images is zero: all 784 are kept
+    assert feats.shape == (6, 28 * 28 + 2 + 9, 9) == m.example_features(6).shape
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
     # the patch of image 1 at position (row 3, col 5): its 3x3 neighbourhood, row-major
     np.testing.assert_allclose(feats[1, 3 * 28 + 5], xp[1, 0, 3:6, 5:8].ravel(), rtol=1e-6)
     patches = np.asarray(feats[:, :784], np.float64)
     np.testing.assert_allclose(feats[:, 784], patches.sum(1), rtol=1e-5)
-    np.testing.assert_allclose(feats[:, 785:], np.einsum("npk,npl->nkl", patches, patches),
+    np.testing.assert_allclose(feats[:, 785:794], np.einsum("npk,npl->nkl", patches, patches),
                                rtol=1e-5)
+    meta = np.tile(np.eye(9)[0] * 784, (6, 1))  # the position count
+    np.testing.assert_array_equal(feats[:, 794], meta)
+    np.testing.assert_array_equal(m.example_features(6)[:, 794], meta)
     for train in (True, False):
         (a, sa), (b, sb) = m.apply(p, s, x, train=train), m.apply(p, s, feats, train=train)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -178,6 +182,98 @@ def test_packed_patch_features_match_images(setup) -> None:
     # the other convolutions take the images as they are
     assert CNN(conv_impl="lax").featurize(x).shape == x.shape == CNN(
         conv_impl="lax").example_features(6).shape
+
+
+def sparse_images(n: int, side: int, seed: int, dtype=jnp.float64) -> jax.Array:
+    """Digit-like images: black (exactly 0) but for a bright blob of varying size and place,
+    so that every image has a different number of non-zero 3x3 patches."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, side, side))
+    for i in range(n):
+        h, w = rng.integers(2, side // 2, size=2)
+        r, c = rng.integers(0, side - h), rng.integers(0, side - w)
+        x[i, 0, r:r + h, c:c + w] = rng.uniform(0.1, 1.0, size=(h, w))
+    return jnp.asarray(x, dtype)
+
+
+def test_featurize_drops_zero_patches(x64) -> None:
+    """Compacted features keep exactly the non-zero patches (padded with zero ones to a
+    multiple of 8) and give the same logits, running statistics, gradient and Hessian as the
+    images themselves, in training and evaluation mode."""
+    from sgdjax.models.objective import make_loss_fn
+
+    m = CNN()
+    params, state = m.init(jax.random.key(1), jnp.float64)
+    w = m.flatten(params)
+    w = w + 0.3 * jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
+    params = m.unflatten(w)
+    x = sparse_images(7, 28, seed=3)
+    y = jnp.asarray(np.random.default_rng(4).integers(0, 10, size=7))
+    feats = m.featurize(x)
+    full = patch_features(x, 3, 1, compact=False)
+    nonzero = np.any(np.asarray(full[:, :784]) != 0, axis=-1).sum(1)
+    rows = feats.shape[1] - 2 - 9
+    assert rows == -(-nonzero.max() // 8) * 8 < 784
+    patches, s1, s2, positions = (np.asarray(a) for a in unpack_patch_features(feats))
+    np.testing.assert_array_equal(positions, 784)
+    for i in range(7):  # the same patches in the same order, then zero patches
+        keep = np.asarray(full[i, :784])[np.any(np.asarray(full[i, :784]) != 0, axis=-1)]
+        np.testing.assert_array_equal(patches[i, :nonzero[i]], keep)
+        np.testing.assert_array_equal(patches[i, nonzero[i]:], 0.0)
+    np.testing.assert_array_equal(s1, full[:, 784])
+    np.testing.assert_array_equal(s2, full[:, 785:794])
+    for train in (True, False):
+        (a, sa), (b, sb) = m.apply(params, state, x, train=train), m.apply(
+            params, state, feats, train=train)
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-14)
+        for u, v in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-13, atol=1e-15)
+        loss = make_loss_fn(m, train=train)
+        grad = jax.jit(jax.grad(lambda w, x, loss=loss: loss(w, state, x, y)[0]))
+        np.testing.assert_allclose(grad(w, feats), grad(w, x), rtol=1e-11, atol=1e-14)
+    loss = make_loss_fn(m, train=True)
+    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    got = jax.jit(m.loss_hessian)(w, state, feats, y)
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12 * scale)
+    # autodiff through the compacted features too (forward over reverse through the custom
+    # derivative of conv_silu_pool)
+    packed = jax.hessian(lambda v: loss(v, state, feats, y)[0])(w)
+    np.testing.assert_allclose(np.asarray(packed), np.asarray(want), rtol=0,
+                               atol=1e-12 * scale)
+
+
+def test_conv_silu_pool_derivatives(x64) -> None:
+    """The hand-written tangent of conv_silu_pool (weight, bias and patch directions, with
+    dropped zero patches) equals autodiff of the plain formula over every position."""
+    n, m, k, o, p = 3, 5, 4, 2, 9
+    keys = jax.random.split(jax.random.key(0), 7)
+    patches, dpatches = (jax.random.normal(kk, (n, m, k), jnp.float64) for kk in keys[:2])
+    weight, dweight = (jax.random.normal(kk, (o, k), jnp.float64) for kk in keys[2:4])
+    bias, dbias = (jax.random.normal(kk, (o,), jnp.float64) for kk in keys[4:6])
+    positions = jnp.full((n,), p, jnp.float64)
+
+    def plain(patches, weight, bias):
+        full = jnp.concatenate([patches, jnp.zeros((n, p - m, k), patches.dtype)], axis=1)
+        return jnp.mean(jax.nn.silu(full @ weight.T + bias), axis=1)
+
+    prim = (patches, weight, bias)
+    want, want_t = jax.jvp(plain, prim, (dpatches, dweight, dbias))
+    got, got_t = jax.jvp(lambda a, b, c: conv_silu_pool(a, b, c, positions), prim,
+                         (dpatches, dweight, dbias))
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-13)
+    ct = jax.random.normal(keys[6], (n, o), jnp.float64)
+    for arg in range(3):
+        g_want = jax.grad(lambda *a: jnp.sum(plain(*a) * ct), argnums=arg)(*prim)
+        g_got = jax.grad(lambda *a: jnp.sum(conv_silu_pool(*a, positions) * ct),
+                         argnums=arg)(*prim)
+        np.testing.assert_allclose(g_got, g_want, rtol=1e-13, atol=1e-15)
+    # second order through the custom rule
+    h_want = jax.hessian(lambda b: jnp.sum(plain(patches, weight, b) * ct))(bias)
+    h_got = jax.hessian(lambda b: jnp.sum(conv_silu_pool(patches, weight, b, positions) * ct))(
+        bias)
+    np.testing.assert_allclose(h_got, h_want, rtol=1e-12, atol=1e-15)
 
 
 def test_unknown_conv_impl() -> None:
