@@ -20,7 +20,9 @@ convolution has several interchangeable implementations (``conv_impl``):
   computed from the 9×9 patch covariance (mean = w·m, var = wᵀSw), and the BN affine map is folded
   into the conv weight and a bias, so the 12-channel map is produced once, already normalised.
   ``CNN.featurize`` computes the patches and their per-image moments once per dataset
-  (:func:`patch_features`); raw images are accepted too.
+  (:func:`patch_features`), keeping only the patches that are not all zero (on a zero patch the
+  map is the channel's bias, so the rest enter in closed form: 1.8× less per-position work on
+  MNIST); raw images are accepted too. :func:`conv_silu_pool` carries the derivative.
 * ``"im2col"``: patches ``[N, C·9, H·W]`` then one matmul; BN applied to the map.
 * ``"shift"``: nine shifted multiply-adds on the zero-padded input; BN applied to the map.
 * ``"lax"``: ``lax.conv_general_dilated``; BN applied to the map.
@@ -39,8 +41,9 @@ lax        7.9 ms     10.7 ms
 
 A dense float64 Hessian (``jax.hessian``) of that loss took 16 s folded, 65 s im2col, 75 s lax.
 These are from raw images; from the packed features of :meth:`CNN.featurize`, with the float64
-SiLU of :mod:`sgdjax.models.fastmath`, the folded float64 gradient (gather included) takes 4.7 ms
-on one core.
+SiLU of :mod:`sgdjax.models.fastmath`, the folded float64 gradient (gather included) took 4.7 ms
+on one core, 3.3 ms with the derivative of :func:`conv_silu_pool`, and about half that on MNIST
+once zero patches are left out.
 """
 
 from __future__ import annotations
