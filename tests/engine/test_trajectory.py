@@ -74,7 +74,14 @@ def test_gd_is_full_batch_engine(problem):
     np.testing.assert_allclose(np.asarray(out.records["grad_norm"]), norms, rtol=1e-5)
 
 
-def test_vmapped_ensemble_equals_single_runs_bitwise(problem):
+def test_vmapped_ensemble_equals_single_runs(problem):
+    """Run r of a vmapped ensemble is the run alone with key r and lr r.
+
+    Not asserted bitwise: the vmapped and the single run are different XLA programs (batched
+    vs unbatched matmuls), and whether they order float32 sums alike depends on the CPU's
+    kernels (bitwise on an AVX-512 machine, 1 ulp apart on an AVX2 one). Bitwise identity is
+    promised, and tested, across device counts, where every device runs the same program. The
+    tolerance is far below the run-to-run differences checked last."""
     model, data, w0, state = problem
     traj = make_trajectory(make_loss_fn(model, train=True), make_sampler("default", 128, 16), 30,
                            Recorder(params_every=1, val_every=10),
@@ -86,9 +93,15 @@ def test_vmapped_ensemble_equals_single_runs_bitwise(problem):
     for r in range(4):
         one = single(w0, state, keys[r], lrs[r], data)
         for name in ("loss", "params", "val_loss", "val_acc"):
-            np.testing.assert_array_equal(np.asarray(ens.records[name][r]),
-                                          np.asarray(one.records[name]), err_msg=name)
-        np.testing.assert_array_equal(np.asarray(ens.params[r]), np.asarray(one.params))
+            np.testing.assert_allclose(np.asarray(ens.records[name][r]),
+                                       np.asarray(one.records[name]), rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+        np.testing.assert_allclose(np.asarray(ens.params[r]), np.asarray(one.params),
+                                   rtol=1e-5, atol=1e-6)
+    # the runs themselves differ (keys 0 and 1 at the same lr; lrs 2 and 3), by far more
+    ends = np.asarray(ens.params)
+    assert np.abs(ends[0] - ends[1]).max() > 1e-3
+    assert np.abs(ends[2] - ends[3]).max() > 1e-3
 
 
 def test_segments_equal_one_call(problem):
