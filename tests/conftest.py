@@ -1,14 +1,32 @@
-"""Shared fixtures: the offline data directory and isolation of JAX's global x64 switch."""
+"""Shared fixtures: the offline data directory, one tiny exp1 pipeline run, isolation of JAX's
+global x64 switch, and a compilation cache private to the session."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import pytest
 
 from sgdjax.run import choose_ynn_fusions
+
+# Many tests (and the commands they start as subprocesses, which inherit the environment)
+# compile the same programs; a compilation cache private to this session compiles each once.
+# It starts empty, so no test depends on an earlier session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sgdjax-test-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 # The tests run with the CPU compiler settings that `python -m sgdjax.run` uses (XLA reads
 # XLA_FLAGS when its backends start, after this import).
@@ -29,6 +47,49 @@ def mnist_test_dir() -> Path | None:
 def offline_data_dir() -> Path | None:
     """The offline data directory, or None (for module-scoped fixtures that skip themselves)."""
     return mnist_test_dir()
+
+
+# exp1/setup1 small enough for seconds on two cores: 640 training images, 23 many-run steps
+EXP1_TINY = (
+    "train_split=test[:640]", "val_split=test[640:960]", "epochs_sgd=2", "epochs_gd=3",
+    "hessian_steps=6", "many_runs_steps=23", "many_runs_samples=5", "lrs=0.05,0.01",
+)
+
+
+@dataclass(frozen=True)
+class Exp1Run:
+    overrides: tuple[str, ...]  # the --set items of the tiny config
+    base: Path      # stages 1 and 2 only (copy before writing into it)
+    full: Path      # then all seven stages on a copy of ``base`` (read only)
+    printed: str    # what the all-stages command printed
+
+
+@pytest.fixture(scope="session")
+def exp1_tiny(tmp_path_factory, offline_data_dir) -> Exp1Run:
+    """One tiny exp1/setup1 run through ``sgdjax.run.main``, shared by the pipeline tests and
+    the notebooks: stages 1-2 first, then every stage on a copy (so 1-2 are found complete)."""
+    if offline_data_dir is None:
+        pytest.skip("offline MNIST test split not found (set SGDJAX_DATA_DIR)")
+    from sgdjax import run as cli
+
+    root = tmp_path_factory.mktemp("exp1_tiny")
+    base, full = root / "base", root / "full" / "exp1" / "setup1"
+    sets = [a for item in EXP1_TINY for a in ("--set", item)]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGDJAX_DATA_DIR", str(offline_data_dir))
+    mp.setenv("SGDJAX_OFFLINE", "1")
+    before = jax.config.jax_enable_x64
+    try:
+        args = ["exp1", "setup1", "--no-progress", *sets]
+        assert cli.main([*args, "--out", str(base), "--stages", "1,2"]) == 0
+        shutil.copytree(base, full)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert cli.main([*args, "--out", str(full)]) == 0
+    finally:
+        jax.config.update("jax_enable_x64", before)  # main enables x64 for float64 setups
+        mp.undo()
+    return Exp1Run(EXP1_TINY, base, full, printed.getvalue())
 
 
 @pytest.fixture

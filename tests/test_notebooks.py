@@ -1,9 +1,10 @@
-"""The exploration notebooks run headless, top to bottom, on a tiny pipeline run made here.
+"""The exploration notebooks run headless, top to bottom, on a tiny pipeline run.
 
-The run goes through ``sgdjax.run.main`` on the offline MNIST test split (all seven stages, two
-lrs), then each notebook is executed by ``nbclient`` with ``SGDJAX_RESULTS`` pointing at it in
-the kernel's environment, as a user would run it with a real results directory. The committed
-notebooks must carry no outputs, and every figure cell must produce an image.
+The run is the session's ``exp1_tiny`` (``sgdjax.run.main`` on the offline MNIST test split, all
+seven stages, two lrs; see ``conftest.py``). Each notebook is executed by ``nbclient`` with
+``SGDJAX_RESULTS`` pointing at it in the kernel's environment, as a user would run it with a real
+results directory. The committed notebooks must carry no outputs, and every figure cell must
+produce an image.
 """
 
 from __future__ import annotations
@@ -16,17 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import jax
 import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-
-TINY = [
-    "train_split=test[:640]", "val_split=test[640:960]", "epochs_sgd=1", "epochs_gd=2",
-    "hessian_steps=4", "many_runs_steps=12", "many_runs_samples=4", "lrs=0.05,0.01",
-]
 
 # cells (by tag) that must show a figure on a complete run
 FIGURE_CELLS = {
@@ -46,27 +41,13 @@ def _ensure_kernel() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, offline_data_dir) -> Path:
-    """All seven stages of exp1/setup1 on a tiny config (about 30 s on two CPU cores)."""
-    if offline_data_dir is None:
-        pytest.skip("offline MNIST test split not found (set SGDJAX_DATA_DIR)")
+def tiny_run(exp1_tiny, tmp_path_factory) -> Path:
+    """The session's tiny exp1/setup1 run (all seven stages, two lrs), copied so that nothing a
+    kernel does can touch what other tests read."""
     _ensure_kernel()
-    from sgdjax import run as cli
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGDJAX_DATA_DIR", str(offline_data_dir))  # the kernels inherit it (diffusion)
-    mp.setenv("SGDJAX_OFFLINE", "1")
     out = tmp_path_factory.mktemp("notebooks") / "exp1" / "setup1"
-    before = jax.config.jax_enable_x64
-    try:
-        args = ["exp1", "setup1", "--out", str(out), "--no-progress"]
-        for item in TINY:
-            args += ["--set", item]
-        assert cli.main(args) == 0
-    finally:
-        jax.config.update("jax_enable_x64", before)  # main enables x64 for the float64 GD
-    yield out
-    mp.undo()
+    shutil.copytree(exp1_tiny.full, out)
+    return out
 
 
 def execute(name: str, results: Path) -> nbformat.NotebookNode:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -15,37 +18,63 @@ from sgdjax.config import load_setup
 from sgdjax.stages import STAGES
 from sgdjax.stages.gd_many_runs import effective_lr
 
-TINY = [
-    "train_split=test[:640]", "val_split=test[640:960]", "epochs_sgd=2", "epochs_gd=3",
-    "hessian_steps=6", "many_runs_steps=23", "many_runs_samples=5", "lrs=0.05,0.01",
-]
-
 
 def sets(*items: str) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def run_cli(out: Path, *extra: str, setup: str = "setup1", overrides=TINY) -> int:
+def run_cli(out: Path, *extra: str, overrides, setup: str = "setup1") -> int:
     return cli.main(["exp1", setup, "--out", str(out), "--no-progress", *sets(*overrides),
                      *extra])
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, offline_data_dir) -> Path:
-    data = offline_data_dir
-    if data is None:
-        pytest.skip("offline MNIST test split not found (set SGDJAX_DATA_DIR)")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGDJAX_DATA_DIR", str(data))
-    mp.setenv("SGDJAX_OFFLINE", "1")
-    out = tmp_path_factory.mktemp("base") / "res"
-    import jax
+def base_dir(exp1_tiny) -> Path:
+    """Stages 1 and 2 of the tiny run (every test copies it before writing)."""
+    return exp1_tiny.base
 
-    before = jax.config.jax_enable_x64
-    assert run_cli(out, "--stages", "1,2") == 0
-    jax.config.update("jax_enable_x64", before)
-    yield out
-    mp.undo()
+
+# the sharded-ensemble comparisons: one lr, 8 runs in chunks of 2 per device
+ENSEMBLE = ("lrs=0.05", "chunk_runs=2", "many_runs_samples=8")
+ENSEMBLE_FILES = ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
+                  "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy",
+                  "sgd_diverged_at_lr0.05.npy")
+
+
+def run_stage4(tiny, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """Stage 4 of the tiny config with ENSEMBLE in a fresh process on a copy of the tiny run's
+    stages 1-2 (device counts are fixed when JAX's backends start: one process per layout)."""
+    if not out.exists():  # the processes of one multi-host run share their folder
+        shutil.copytree(tiny.base, out)
+    cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
+           "--no-progress", "--stages", "4", "--force", *sets(*tiny.overrides, *ENSEMBLE),
+           *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def no_xla_flags() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+@pytest.fixture(scope="module")
+def one_device(exp1_tiny, tmp_path_factory) -> Path:
+    """The ENSEMBLE stage 4 on a single CPU device: what every sharded layout must reproduce."""
+    out = tmp_path_factory.mktemp("one_device") / "res"
+    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "1", env=no_xla_flags()))
+    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 1
+    return out
+
+
+def assert_same_ensemble(got: Path, want: Path) -> None:
+    for name in ENSEMBLE_FILES:
+        np.testing.assert_array_equal(np.load(got / name), np.load(want / name), err_msg=name)
 
 
 def copy_of(base: Path, tmp_path: Path) -> Path:
@@ -54,10 +83,8 @@ def copy_of(base: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_full_pipeline_outputs(base_dir, tmp_path, real_data_dir, capsys):
-    out = copy_of(base_dir, tmp_path)
-    assert run_cli(out) == 0
-    printed = capsys.readouterr().out
+def test_full_pipeline_outputs(exp1_tiny, tmp_path, real_data_dir, capsys):
+    out, printed = exp1_tiny.full, exp1_tiny.printed
     assert "stage 1 (sgd): complete, skipped" in printed
     assert "summary of exp1/setup1" in printed
 
@@ -112,18 +139,19 @@ def test_full_pipeline_outputs(base_dir, tmp_path, real_data_dir, capsys):
     mp = pytest.MonkeyPatch()
     for stage in STAGES:
         mp.setattr(stage.load(), "run", boom)
+    again = copy_of(out, tmp_path)
     try:
-        assert run_cli(out) == 0
+        assert run_cli(again, overrides=exp1_tiny.overrides) == 0
     finally:
         mp.undo()
     assert capsys.readouterr().out.count("complete, skipped") == len(STAGES)
 
 
-def test_interrupted_ensemble_resumes_to_identical_arrays(base_dir, tmp_path, real_data_dir,
-                                                           monkeypatch):
+def test_interrupted_ensemble_resumes_to_identical_arrays(exp1_tiny, base_dir, tmp_path,
+                                                           real_data_dir, monkeypatch):
     from sgdjax.stages import many_runs
 
-    overrides = [*TINY, "chunk_runs=2"]
+    overrides = [*exp1_tiny.overrides, "chunk_runs=2"]
     ref = tmp_path / "ref"
     shutil.copytree(base_dir, ref)
     assert run_cli(ref, "--stages", "4", overrides=overrides) == 0
@@ -165,9 +193,10 @@ def test_interrupted_ensemble_resumes_to_identical_arrays(base_dir, tmp_path, re
         np.testing.assert_array_equal(np.load(out / name), np.load(ref / name), err_msg=name)
 
 
-def test_diverging_lr_is_reported_not_crashed_on(base_dir, tmp_path, real_data_dir):
+def test_diverging_lr_is_reported_not_crashed_on(exp1_tiny, base_dir, tmp_path, real_data_dir):
     out = copy_of(base_dir, tmp_path)
-    assert run_cli(out, "--stages", "4", "--force", overrides=[*TINY, "lrs=0.05,1e+30"]) == 0
+    assert run_cli(out, "--stages", "4", "--force",
+                   overrides=[*exp1_tiny.overrides, "lrs=0.05,1e+30"]) == 0
     logs = json.loads((out / "sgd_logs_lr1e+30.json").read_text())
     assert logs["n_diverged"] == 5 and len(logs["diverged_at_step"]) == 5
     healthy = json.loads((out / "sgd_logs_lr0.05.json").read_text())
@@ -178,29 +207,13 @@ def test_diverging_lr_is_reported_not_crashed_on(base_dir, tmp_path, real_data_d
         assert np.all(np.isnan(losses[r, at[r] + 1:]))
 
 
-def test_four_devices_give_the_same_ensemble(base_dir, tmp_path, real_data_dir):
+def test_four_devices_give_the_same_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
     """The run axis sharded over 4 simulated CPU devices gives the arrays of 1 device."""
-    import os
-    import subprocess
-    import sys
-
-    results = {}
-    for n_dev in (1, 4):
-        out = tmp_path / f"dev{n_dev}"
-        shutil.copytree(base_dir, out)
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}")
-        cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
-               "--no-progress", "--stages", "4", "--force",
-               *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["stages"]["many_runs"]["devices"] == n_dev
-        results[n_dev] = out
-    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
-                 "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy"):
-        np.testing.assert_array_equal(np.load(results[4] / name), np.load(results[1] / name),
-                                      err_msg=name)
+    out = tmp_path / "dev4"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    finish(run_stage4(exp1_tiny, out, env=env))
+    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 4
+    assert_same_ensemble(out, one_device)
 
 
 def test_gd_scaling_n_over_b_is_lr_times_b_over_n():
@@ -257,28 +270,12 @@ def test_ynn_fusions_only_for_dots_unless_the_user_chose(monkeypatch):
     assert "XLA_FLAGS" not in cli.os.environ
 
 
-def test_cpu_devices_flag_shards_the_ensemble(base_dir, tmp_path, real_data_dir):
+def test_cpu_devices_flag_shards_the_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
     """``--cpu-devices 2`` splits the host into 2 devices and gives the arrays of 1 device."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    outs = {}
-    for n_dev in (1, 2):
-        out = tmp_path / f"cpu{n_dev}"
-        shutil.copytree(base_dir, out)
-        cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
-               "--no-progress", "--stages", "4", "--force", "--cpu-devices", str(n_dev),
-               *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=4")]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["stages"]["many_runs"]["devices"] == n_dev
-        outs[n_dev] = out
-    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy"):
-        np.testing.assert_array_equal(np.load(outs[2] / name), np.load(outs[1] / name),
-                                      err_msg=name)
+    out = tmp_path / "cpu2"
+    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "2", env=no_xla_flags()))
+    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 2
+    assert_same_ensemble(out, one_device)
 
 
 def test_missing_data_is_one_message(capsys, tmp_path, monkeypatch):
@@ -308,40 +305,21 @@ def test_missing_gpu_fails_clearly(capsys):
     assert "no 'gpu' device" in capsys.readouterr().err
 
 
-def test_two_hosts_give_the_same_ensemble(base_dir, tmp_path, real_data_dir):
+def test_two_hosts_give_the_same_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
     """Two processes joined by jax.distributed (2 simulated CPU devices each, gloo collectives)
     write the arrays of a single device; only process 0 writes."""
-    import os
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    outs = {n: tmp_path / f"hosts{n}" for n in (1, 2)}
-    for out in outs.values():
-        shutil.copytree(base_dir, out)
-    args = ["--no-progress", "--stages", "4", "--force",
-            *sets(*TINY, "lrs=0.05", "chunk_runs=2", "many_runs_samples=8")]
-    base = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1"]
-    one = subprocess.run([*base, "--out", str(outs[1]), *args], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ))
-    assert one.returncode == 0, one.stderr
+    out = tmp_path / "hosts2"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([*base, "--out", str(outs[2]), *args, "--coordinator",
-                               f"localhost:{port}", "--num-processes", "2", "--process-id",
-                               str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in (0, 1)]
-    logs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, stderr) in zip(procs, logs, strict=True):
-        assert p.returncode == 0, stderr[-3000:]
-    assert "summary of exp1/setup1" in logs[0][0] and "summary" not in logs[1][0]
-    manifest = json.loads((outs[2] / "manifest.json").read_text())
+    procs = [run_stage4(exp1_tiny, out, "--coordinator", f"localhost:{port}", "--num-processes",
+                        "2", "--process-id", str(i), env=env) for i in (0, 1)]
+    logs = [finish(p) for p in procs]
+    assert "summary of exp1/setup1" in logs[0] and "summary" not in logs[1]
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["many_runs"]["devices"] == 4
     assert manifest["stages"]["many_runs"]["processes"] == 2
-    for name in ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
-                 "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy",
-                 "sgd_diverged_at_lr0.05.npy"):
-        np.testing.assert_array_equal(np.load(outs[2] / name), np.load(outs[1] / name),
-                                      err_msg=name)
+    assert_same_ensemble(out, one_device)
