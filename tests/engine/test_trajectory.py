@@ -248,7 +248,7 @@ def test_curvature_tracking_matches_dense_spectra(problem):
     for j, t in enumerate((0, 10)):
         idx = sampler.batch(key, t)
         xb, yb = d.train_x[idx], d.train_y[idx]
-        h = jax.hessian(lambda v, xb=xb, yb=yb: loss_fn(v, state, xb, yb)[0])(
+        h = jax.jit(jax.hessian(lambda v, xb=xb, yb=yb: loss_fn(v, state, xb, yb)[0]))(
             out.records["params"][t])
         dense = np.linalg.eigvalsh(np.asarray(h))
         np.testing.assert_allclose(out.records["curv_eigs"][j], dense[::-1][:3], rtol=1e-8)

@@ -232,13 +232,13 @@ def test_featurize_drops_zero_patches(x64) -> None:
         grad = jax.jit(jax.grad(lambda w, x, loss=loss: loss(w, state, x, y)[0]))
         np.testing.assert_allclose(grad(w, feats), grad(w, x), rtol=1e-11, atol=1e-14)
     loss = make_loss_fn(m, train=True)
-    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    want = jax.jit(jax.hessian(lambda v: loss(v, state, x, y)[0]))(w)
     got = jax.jit(m.loss_hessian)(w, state, feats, y)
     scale = float(jnp.max(jnp.abs(want)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12 * scale)
     # autodiff through the compacted features too (forward over reverse through the custom
     # derivative of conv_silu_pool)
-    packed = jax.hessian(lambda v: loss(v, state, feats, y)[0])(w)
+    packed = jax.jit(jax.hessian(lambda v: loss(v, state, feats, y)[0]))(w)
     np.testing.assert_allclose(np.asarray(packed), np.asarray(want), rtol=0,
                                atol=1e-12 * scale)
 
@@ -258,21 +258,22 @@ def test_conv_silu_pool_derivatives(x64) -> None:
         return jnp.mean(jax.nn.silu(full @ weight.T + bias), axis=1)
 
     prim = (patches, weight, bias)
-    want, want_t = jax.jvp(plain, prim, (dpatches, dweight, dbias))
-    got, got_t = jax.jvp(lambda a, b, c: conv_silu_pool(a, b, c, positions), prim,
-                         (dpatches, dweight, dbias))
+    # jitted: op-by-op dispatch compiles every small kernel on its own, which is slower
+    want, want_t = jax.jit(lambda p, t: jax.jvp(plain, p, t))(prim, (dpatches, dweight, dbias))
+    got, got_t = jax.jit(lambda p, t: jax.jvp(
+        lambda a, b, c: conv_silu_pool(a, b, c, positions), p, t))(prim, (dpatches, dweight, dbias))
     np.testing.assert_allclose(got, want, rtol=1e-14)
     np.testing.assert_allclose(got_t, want_t, rtol=1e-13)
     ct = jax.random.normal(keys[6], (n, o), jnp.float64)
     for arg in range(3):
-        g_want = jax.grad(lambda *a: jnp.sum(plain(*a) * ct), argnums=arg)(*prim)
-        g_got = jax.grad(lambda *a: jnp.sum(conv_silu_pool(*a, positions) * ct),
-                         argnums=arg)(*prim)
+        g_want = jax.jit(jax.grad(lambda *a: jnp.sum(plain(*a) * ct), argnums=arg))(*prim)
+        g_got = jax.jit(jax.grad(lambda *a: jnp.sum(conv_silu_pool(*a, positions) * ct),
+                                 argnums=arg))(*prim)
         np.testing.assert_allclose(g_got, g_want, rtol=1e-13, atol=1e-15)
     # second order through the custom rule
-    h_want = jax.hessian(lambda b: jnp.sum(plain(patches, weight, b) * ct))(bias)
-    h_got = jax.hessian(lambda b: jnp.sum(conv_silu_pool(patches, weight, b, positions) * ct))(
-        bias)
+    h_want = jax.jit(jax.hessian(lambda b: jnp.sum(plain(patches, weight, b) * ct)))(bias)
+    h_got = jax.jit(jax.hessian(
+        lambda b: jnp.sum(conv_silu_pool(patches, weight, b, positions) * ct)))(bias)
     np.testing.assert_allclose(h_got, h_want, rtol=1e-12, atol=1e-15)
 
 
@@ -313,7 +314,7 @@ def test_structured_hessian_equals_autodiff(x64, kwargs, batch, image) -> None:
                            jnp.float64)
     y = jax.random.randint(jax.random.key(4), (batch,), 0, model.n_classes)
     loss = make_loss_fn(model, train=True)
-    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    want = jax.jit(jax.hessian(lambda v: loss(v, state, x, y)[0]))(w)
     got = jax.jit(model.loss_hessian)(w, state, x, y)
     assert got.shape == (model.num_params, model.num_params)
     scale = float(jnp.max(jnp.abs(want)))

@@ -26,13 +26,14 @@ def test_exp_float64_within_an_ulp_or_two(x64) -> None:
 
 def test_exp_derivative_and_silu(x64) -> None:
     x = jnp.linspace(-30.0, 30.0, 1001, dtype=jnp.float64)
-    np.testing.assert_allclose(jax.vmap(jax.grad(fastmath.exp))(x), np.exp(np.asarray(x)),
+    jit = jax.jit  # op by op, every small kernel compiles on its own: slower
+    np.testing.assert_allclose(jit(jax.vmap(jax.grad(fastmath.exp)))(x), np.exp(np.asarray(x)),
                                rtol=5e-16)
-    np.testing.assert_allclose(fastmath.silu(x), jax.nn.silu(x), rtol=1e-15, atol=1e-300)
-    np.testing.assert_allclose(jax.vmap(jax.grad(fastmath.silu))(x),
-                               jax.vmap(jax.grad(jax.nn.silu))(x), rtol=1e-14, atol=1e-300)
-    h = jax.hessian(lambda v: jnp.sum(fastmath.silu(v)))(x[:50])
-    h_ref = jax.hessian(lambda v: jnp.sum(jax.nn.silu(v)))(x[:50])
+    np.testing.assert_allclose(jit(fastmath.silu)(x), jax.nn.silu(x), rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(jit(jax.vmap(jax.grad(fastmath.silu)))(x),
+                               jit(jax.vmap(jax.grad(jax.nn.silu)))(x), rtol=1e-14, atol=1e-300)
+    h = jit(jax.hessian(lambda v: jnp.sum(fastmath.silu(v))))(x[:50])
+    h_ref = jit(jax.hessian(lambda v: jnp.sum(jax.nn.silu(v))))(x[:50])
     np.testing.assert_allclose(h, h_ref, rtol=1e-12, atol=1e-15)
 
 

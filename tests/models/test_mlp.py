@@ -121,7 +121,7 @@ def test_closed_form_hessian_equals_autodiff(x64, hidden, downsample, batch) -> 
     x = jax.random.normal(jax.random.key(4), (batch, model.in_features), jnp.float64)
     y = jax.random.randint(jax.random.key(5), (batch,), 0, 10)
     loss = make_loss_fn(model, train=True)
-    want = jax.hessian(lambda v: loss(v, state, x, y)[0])(w)
+    want = jax.jit(jax.hessian(lambda v: loss(v, state, x, y)[0]))(w)
     got = jax.jit(model.loss_hessian)(w, state, x, y)
     assert got.shape == (model.num_params, model.num_params)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-13)
