@@ -41,13 +41,17 @@ def _ensure_kernel() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(exp1_tiny, tmp_path_factory) -> Path:
+def tiny_run(exp1_tiny, offline_data_dir, tmp_path_factory) -> Path:
     """The session's tiny exp1/setup1 run (all seven stages, two lrs), copied so that nothing a
     kernel does can touch what other tests read."""
     _ensure_kernel()
     out = tmp_path_factory.mktemp("notebooks") / "exp1" / "setup1"
     shutil.copytree(exp1_tiny.full, out)
-    return out
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGDJAX_DATA_DIR", str(offline_data_dir))  # the kernels inherit it (diffusion)
+    mp.setenv("SGDJAX_OFFLINE", "1")
+    yield out
+    mp.undo()
 
 
 def execute(name: str, results: Path) -> nbformat.NotebookNode:
