@@ -28,12 +28,6 @@ def run_cli(out: Path, *extra: str, overrides, setup: str = "setup1") -> int:
                      *extra])
 
 
-@pytest.fixture(scope="module")
-def base_dir(exp1_tiny) -> Path:
-    """Stages 1 and 2 of the tiny run (every test copies it before writing)."""
-    return exp1_tiny.base
-
-
 # the sharded-ensemble comparisons: one lr, 8 runs in chunks of 2 per device
 ENSEMBLE = ("lrs=0.05", "chunk_runs=2", "many_runs_samples=8")
 ENSEMBLE_FILES = ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
@@ -147,17 +141,17 @@ def test_full_pipeline_outputs(exp1_tiny, tmp_path, real_data_dir, capsys):
     assert capsys.readouterr().out.count("complete, skipped") == len(STAGES)
 
 
-def test_interrupted_ensemble_resumes_to_identical_arrays(exp1_tiny, base_dir, tmp_path,
-                                                           real_data_dir, monkeypatch):
+def test_interrupted_ensemble_resumes_to_identical_arrays(exp1_tiny, tmp_path, real_data_dir,
+                                                           monkeypatch):
     from sgdjax.stages import many_runs
 
     overrides = [*exp1_tiny.overrides, "chunk_runs=2"]
     ref = tmp_path / "ref"
-    shutil.copytree(base_dir, ref)
+    shutil.copytree(exp1_tiny.base, ref)
     assert run_cli(ref, "--stages", "4", overrides=overrides) == 0
 
     out = tmp_path / "interrupted"
-    shutil.copytree(base_dir, out)
+    shutil.copytree(exp1_tiny.base, out)
     real = many_runs.run_chunks
 
     def stop_after_first_chunk(fn, w0, s0, keys, lrs, data, size, chunks, on_chunk, *rest):
@@ -193,8 +187,8 @@ def test_interrupted_ensemble_resumes_to_identical_arrays(exp1_tiny, base_dir, t
         np.testing.assert_array_equal(np.load(out / name), np.load(ref / name), err_msg=name)
 
 
-def test_diverging_lr_is_reported_not_crashed_on(exp1_tiny, base_dir, tmp_path, real_data_dir):
-    out = copy_of(base_dir, tmp_path)
+def test_diverging_lr_is_reported_not_crashed_on(exp1_tiny, tmp_path, real_data_dir):
+    out = copy_of(exp1_tiny.base, tmp_path)
     assert run_cli(out, "--stages", "4", "--force",
                    overrides=[*exp1_tiny.overrides, "lrs=0.05,1e+30"]) == 0
     logs = json.loads((out / "sgd_logs_lr1e+30.json").read_text())
