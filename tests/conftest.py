@@ -109,3 +109,9 @@ def _restore_x64():
     before = jax.config.jax_enable_x64
     yield
     jax.config.update("jax_enable_x64", before)
+
+
+@pytest.fixture
+def x64() -> None:
+    """Enable float64 for one test (``_restore_x64`` puts the previous setting back)."""
+    jax.config.update("jax_enable_x64", True)

@@ -1,22 +1,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import jax
 import numpy as np
 import pytest
-
-
-@pytest.fixture
-def x64() -> Iterator[None]:
-    """Enable float64 for one test and restore the previous setting (the flag is global)."""
-    previous = bool(jax.config.jax_enable_x64)
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
 
 
 def _check_uniform(samples: np.ndarray, bound: float) -> None:

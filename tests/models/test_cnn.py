@@ -10,7 +10,14 @@ from jax import lax
 
 from sgdjax.errors import ConfigError
 from sgdjax.models import CNN
-from sgdjax.models.cnn import CONV_IMPLS, conv_silu_pool, patch_features, unpack_patch_features
+from sgdjax.models.cnn import (
+    CONV_IMPLS,
+    IMAGE_SLICE,
+    by_image_slices,
+    conv_silu_pool,
+    patch_features,
+    unpack_patch_features,
+)
 
 
 @pytest.fixture(scope="module")
@@ -243,38 +250,92 @@ def test_featurize_drops_zero_patches(x64) -> None:
                                atol=1e-12 * scale)
 
 
-def test_conv_silu_pool_derivatives(x64) -> None:
+def test_full_batch_in_slices_equals_plain_convolution(x64) -> None:
+    """A batch larger than two image slices (full-batch GD) gives the loss, gradient and
+    running statistics of the plain im2col convolution, which sees the whole batch at once."""
+    from sgdjax.models.objective import make_loss_fn
+
+    n = 2 * IMAGE_SLICE + 21
+    x = sparse_images(n, 12, seed=5)
+    y = jnp.asarray(np.random.default_rng(6).integers(0, 10, size=n))
+    folded, plain = CNN(image_size=12), CNN(image_size=12, conv_impl="im2col")
+    params, state = folded.init(jax.random.key(3), jnp.float64)
+    w = folded.flatten(params)
+    w = w + 0.3 * jax.random.normal(jax.random.key(4), w.shape, jnp.float64)
+
+    def value_grad(model, x):
+        loss = make_loss_fn(model, train=True)
+        return jax.jit(jax.value_and_grad(lambda w: loss(w, state, x, y), has_aux=True))(w)
+
+    (l_got, (s_got, c_got)), g_got = value_grad(folded, folded.featurize(x))
+    (l_want, (s_want, c_want)), g_want = value_grad(plain, x)
+    np.testing.assert_allclose(l_got, l_want, rtol=1e-13)
+    np.testing.assert_allclose(g_got, g_want, rtol=1e-11, atol=1e-14)
+    assert int(c_got) == int(c_want)
+    for u, v in zip(jax.tree.leaves(s_got), jax.tree.leaves(s_want), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n,extra", [(3, 0), (2 * IMAGE_SLICE + 9, 3)])
+def test_conv_silu_pool_derivatives(x64, n: int, extra: int) -> None:
     """The hand-written tangent of conv_silu_pool (weight, bias and patch directions, with
-    dropped zero patches) equals autodiff of the plain formula over every position."""
-    n, m, k, o, p = 3, 5, 4, 2, 9
-    keys = jax.random.split(jax.random.key(0), 7)
+    dropped zero patches) equals autodiff of the plain formula over every position; also for
+    a batch large enough to go through slices of images (with a remainder), given packed rows
+    of which only the first ``m`` are patches (``rows``)."""
+    m, k, o, p = 5, 4, 2, 9
+    keys = jax.random.split(jax.random.key(0), 8)
     patches, dpatches = (jax.random.normal(kk, (n, m, k), jnp.float64) for kk in keys[:2])
     weight, dweight = (jax.random.normal(kk, (o, k), jnp.float64) for kk in keys[2:4])
     bias, dbias = (jax.random.normal(kk, (o,), jnp.float64) for kk in keys[4:6])
     positions = jnp.full((n,), p, jnp.float64)
+    # rows after the patches (the moments of packed features) must not enter
+    junk = 1e3 * jax.random.normal(keys[7], (n, extra, k), jnp.float64)
+    rows = m if extra else None
+
+    def pack(x):
+        return jnp.concatenate([x, junk], axis=1)
 
     def plain(patches, weight, bias):
         full = jnp.concatenate([patches, jnp.zeros((n, p - m, k), patches.dtype)], axis=1)
         return jnp.mean(jax.nn.silu(full @ weight.T + bias), axis=1)
 
+    def custom(patches, weight, bias):
+        return conv_silu_pool(pack(patches), weight, bias, positions, rows)
+
     prim = (patches, weight, bias)
     # jitted: op-by-op dispatch compiles every small kernel on its own, which is slower
     want, want_t = jax.jit(lambda p, t: jax.jvp(plain, p, t))(prim, (dpatches, dweight, dbias))
-    got, got_t = jax.jit(lambda p, t: jax.jvp(
-        lambda a, b, c: conv_silu_pool(a, b, c, positions), p, t))(prim, (dpatches, dweight, dbias))
+    got, got_t = jax.jit(lambda p, t: jax.jvp(custom, p, t))(prim, (dpatches, dweight, dbias))
     np.testing.assert_allclose(got, want, rtol=1e-14)
-    np.testing.assert_allclose(got_t, want_t, rtol=1e-13)
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-13, atol=1e-15)
     ct = jax.random.normal(keys[6], (n, o), jnp.float64)
     for arg in range(3):
         g_want = jax.jit(jax.grad(lambda *a: jnp.sum(plain(*a) * ct), argnums=arg))(*prim)
-        g_got = jax.jit(jax.grad(lambda *a: jnp.sum(conv_silu_pool(*a, positions) * ct),
-                                 argnums=arg))(*prim)
+        g_got = jax.jit(jax.grad(lambda *a: jnp.sum(custom(*a) * ct), argnums=arg))(*prim)
         np.testing.assert_allclose(g_got, g_want, rtol=1e-13, atol=1e-15)
     # second order through the custom rule
     h_want = jax.jit(jax.hessian(lambda b: jnp.sum(plain(patches, weight, b) * ct)))(bias)
-    h_got = jax.jit(jax.hessian(
-        lambda b: jnp.sum(conv_silu_pool(patches, weight, b, positions) * ct)))(bias)
+    h_got = jax.jit(jax.hessian(lambda b: jnp.sum(custom(patches, weight, b) * ct)))(bias)
     np.testing.assert_allclose(h_got, h_want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [7, 8, 12, 19])
+def test_by_image_slices(n: int) -> None:
+    """Slices of 4 (with and without a remainder; up to 8 in one call) join to the whole."""
+    x = jnp.arange(n * 3.0).reshape(n, 3)
+    y = jnp.arange(n * 2).reshape(n, 2)
+    calls = []
+
+    def fn(a, b):
+        calls.append(a.shape[0])
+        return {"s": a.sum(1) * b[:, 0], "t": (a[:, :2] + b, None)}
+
+    got = by_image_slices(fn, x, y, size=4)
+    want = fn(x, y)
+    np.testing.assert_array_equal(got["s"], want["s"])
+    np.testing.assert_array_equal(got["t"][0], want["t"][0])
+    assert got["t"][1] is None
+    assert calls[:-1] == ([n] if n <= 8 else [4] + ([n % 4] if n % 4 else []))
 
 
 def test_unknown_conv_impl() -> None:

@@ -28,20 +28,25 @@ def run_cli(out: Path, *extra: str, overrides, setup: str = "setup1") -> int:
                      *extra])
 
 
-# the sharded-ensemble comparisons: one lr, 8 runs in chunks of 2 per device
-ENSEMBLE = ("lrs=0.05", "chunk_runs=2", "many_runs_samples=8")
+# the sharded-ensemble comparisons: two lrs, 8 runs in chunks of 2 per device (stage 4), one lr
+# per device (stage 5)
+ENSEMBLE = ("lrs=0.05,0.01", "chunk_runs=2", "many_runs_samples=8")
 ENSEMBLE_FILES = ("sgd_weights_lr0.05.npy", "sgd_train_losses_lr0.05.npy",
                   "sgd_val_losses_lr0.05.npy", "sgd_weights_lr0.05_final.npy",
                   "sgd_diverged_at_lr0.05.npy")
+GD_FILES = tuple(f"gd_weights_lr{lr}_dtypefloat64{end}.npy" for lr in ("0.05", "0.01")
+                 for end in ("", "_final"))
 
 
-def run_stage4(tiny, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    """Stage 4 of the tiny config with ENSEMBLE in a fresh process on a copy of the tiny run's
-    stages 1-2 (device counts are fixed when JAX's backends start: one process per layout)."""
+def run_stage4(tiny, out: Path, *extra: str, env: dict | None = None, stages: str = "4"
+               ) -> subprocess.Popen:
+    """Stage 4 (or ``stages``) of the tiny config with ENSEMBLE in a fresh process on a copy of
+    the tiny run's stages 1-2 (device counts are fixed when JAX's backends start: one process
+    per layout)."""
     if not out.exists():  # the processes of one multi-host run share their folder
         shutil.copytree(tiny.base, out)
     cmd = [sys.executable, "-m", "sgdjax.run", "exp1", "setup1", "--out", str(out),
-           "--no-progress", "--stages", "4", "--force", *sets(*tiny.overrides, *ENSEMBLE),
+           "--no-progress", "--stages", stages, "--force", *sets(*tiny.overrides, *ENSEMBLE),
            *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -59,15 +64,17 @@ def no_xla_flags() -> dict:
 
 @pytest.fixture(scope="module")
 def one_device(exp1_tiny, tmp_path_factory) -> Path:
-    """The ENSEMBLE stage 4 on a single CPU device: what every sharded layout must reproduce."""
+    """The ENSEMBLE stages 4 and 5 on a single CPU device: what every sharded layout must
+    reproduce."""
     out = tmp_path_factory.mktemp("one_device") / "res"
-    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "1", env=no_xla_flags()))
-    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 1
+    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "1", env=no_xla_flags(), stages="4,5"))
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["many_runs"]["devices"] == stages["gd_many_runs"]["devices"] == 1
     return out
 
 
-def assert_same_ensemble(got: Path, want: Path) -> None:
-    for name in ENSEMBLE_FILES:
+def assert_same_ensemble(got: Path, want: Path, gd: bool = False) -> None:
+    for name in ENSEMBLE_FILES + (GD_FILES if gd else ()):
         np.testing.assert_array_equal(np.load(got / name), np.load(want / name), err_msg=name)
 
 
@@ -202,12 +209,47 @@ def test_diverging_lr_is_reported_not_crashed_on(exp1_tiny, tmp_path, real_data_
 
 
 def test_four_devices_give_the_same_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
-    """The run axis sharded over 4 simulated CPU devices gives the arrays of 1 device."""
+    """The run axis sharded over 4 simulated CPU devices (stage 4), the lrs over 2 of them
+    (stage 5), give the arrays of 1 device."""
     out = tmp_path / "dev4"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    finish(run_stage4(exp1_tiny, out, env=env))
-    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 4
-    assert_same_ensemble(out, one_device)
+    finish(run_stage4(exp1_tiny, out, env=env, stages="4,5"))
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["many_runs"]["devices"] == 4
+    assert stages["gd_many_runs"]["devices"] == 2  # one per lr
+    assert_same_ensemble(out, one_device, gd=True)
+
+
+def test_gd_per_lr_is_plain_gradient_descent(exp1_tiny, real_data_dir, x64):
+    """Stage 5 from the GD checkpoint: w <- w - lr * grad of the float64 full-batch loss, the
+    gradient norms and losses of those points, every lr (spread over the CPU devices)."""
+    from sgdjax.stages import make_context
+    from sgdjax.stages.train_gd import CHECKPOINT
+    from sgdjax.store import Store
+
+    cfg = load_setup("exp1", "setup1", list(exp1_tiny.overrides))
+    ctx = make_context(cfg, Store(exp1_tiny.full), show_progress=False)
+    w0, state = ctx.load_checkpoint(CHECKPOINT, dtype="float64")
+    data = ctx.data("float64")
+    loss = ctx.loss_fns()[0]
+    grad = jax.jit(jax.value_and_grad(lambda w: loss(w, state, data.train_x, data.train_y)[0]))
+    manifest = json.loads((exp1_tiny.full / "manifest.json").read_text())
+    assert manifest["stages"]["gd_many_runs"]["devices"] == min(2, jax.local_device_count())
+    for lr in cfg.lrs:
+        w, points, losses, norms = w0, [], [], []
+        for _ in range(cfg.many_runs_steps):
+            value, g = grad(w)
+            points.append(w)
+            losses.append(value)
+            norms.append(np.linalg.norm(g))
+            w = w - lr * g
+        got = np.load(exp1_tiny.full / f"gd_weights_lr{lr}_dtypefloat64.npy")
+        np.testing.assert_allclose(got, np.stack(points), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(np.load(exp1_tiny.full / f"gd_weights_lr{lr}_dtypefloat64"
+                                           "_final.npy"), w, rtol=1e-13, atol=1e-15)
+        logs = json.loads((exp1_tiny.full / f"gd_logs_lr{lr}_dtypefloat64.json").read_text())
+        np.testing.assert_allclose(logs["train_losses"], losses, rtol=1e-13)
+        np.testing.assert_allclose(logs["grad_norms"], norms, rtol=1e-11)
 
 
 def test_gd_scaling_n_over_b_is_lr_times_b_over_n():
@@ -265,11 +307,13 @@ def test_ynn_fusions_only_for_dots_unless_the_user_chose(monkeypatch):
 
 
 def test_cpu_devices_flag_shards_the_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
-    """``--cpu-devices 2`` splits the host into 2 devices and gives the arrays of 1 device."""
+    """``--cpu-devices 2`` splits the host into 2 devices and gives the arrays of 1 device
+    (stages 4 and 5)."""
     out = tmp_path / "cpu2"
-    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "2", env=no_xla_flags()))
-    assert json.loads((out / "manifest.json").read_text())["stages"]["many_runs"]["devices"] == 2
-    assert_same_ensemble(out, one_device)
+    finish(run_stage4(exp1_tiny, out, "--cpu-devices", "2", env=no_xla_flags(), stages="4,5"))
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["many_runs"]["devices"] == stages["gd_many_runs"]["devices"] == 2
+    assert_same_ensemble(out, one_device, gd=True)
 
 
 def test_missing_data_is_one_message(capsys, tmp_path, monkeypatch):
