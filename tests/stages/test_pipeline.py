@@ -345,7 +345,8 @@ def test_missing_gpu_fails_clearly(capsys):
 
 def test_two_hosts_give_the_same_ensemble(exp1_tiny, one_device, tmp_path, real_data_dir):
     """Two processes joined by jax.distributed (2 simulated CPU devices each, gloo collectives)
-    write the arrays of a single device; only process 0 writes."""
+    write the arrays of a single device; only process 0 writes. Stage 5 runs on process 0
+    alone, over its own two devices."""
     import socket
 
     with socket.socket() as s:
@@ -354,10 +355,11 @@ def test_two_hosts_give_the_same_ensemble(exp1_tiny, one_device, tmp_path, real_
     out = tmp_path / "hosts2"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     procs = [run_stage4(exp1_tiny, out, "--coordinator", f"localhost:{port}", "--num-processes",
-                        "2", "--process-id", str(i), env=env) for i in (0, 1)]
+                        "2", "--process-id", str(i), env=env, stages="4,5") for i in (0, 1)]
     logs = [finish(p) for p in procs]
     assert "summary of exp1/setup1" in logs[0] and "summary" not in logs[1]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["many_runs"]["devices"] == 4
     assert manifest["stages"]["many_runs"]["processes"] == 2
-    assert_same_ensemble(out, one_device)
+    assert manifest["stages"]["gd_many_runs"]["devices"] == 2
+    assert_same_ensemble(out, one_device, gd=True)
