@@ -28,6 +28,7 @@ import optax
 
 from sgdjax.analysis.hessian import dense_hessian
 from sgdjax.data.sampling import Sampler
+from sgdjax.slices import map_slices
 
 # f(w_flat, state, x, y) -> (loss, (new_state, n_correct))
 LossFn = Callable[[jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, tuple[Any, jax.Array]]]
@@ -128,26 +129,18 @@ def evaluate(
     Accuracy counts every target (tokens for language models)."""
     n = x.shape[0]
     batch = min(batch, n)
-    n_full, rest = divmod(n, batch)
     targets_per_example = max(1, y[0].size)
 
     def one(xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
         loss, (_, correct) = eval_loss(w, state, xs, ys)
         return loss * xs.shape[0], correct.astype(jnp.int32)
 
-    def slice_i(i: jax.Array) -> tuple[jax.Array, jax.Array]:
-        # Slices taken in the loop: reshaping x[:n_full * batch] into [n_full, batch, ...]
-        # would copy the whole set first whenever batch does not divide n (200 MB per
-        # validation for the CNN's float64 patch features).
-        start = i * batch
-        return one(jax.lax.dynamic_slice_in_dim(x, start, batch),
-                   jax.lax.dynamic_slice_in_dim(y, start, batch))
-
-    losses, corrects = jax.lax.map(slice_i, jnp.arange(n_full))
+    # map_slices takes each slice inside the loop: slicing first would copy the whole set
+    # whenever batch does not divide n (200 MB per validation of the CNN's float64 features).
+    (losses, corrects), tail = map_slices(one, x, y, size=batch)
     total_loss, total_correct = losses.sum(), corrects.sum()
-    if rest:
-        tail_loss, tail_correct = one(x[n_full * batch :], y[n_full * batch :])
-        total_loss, total_correct = total_loss + tail_loss, total_correct + tail_correct
+    if tail is not None:
+        total_loss, total_correct = total_loss + tail[0], total_correct + tail[1]
     acc = total_correct.astype(total_loss.dtype) / (n * targets_per_example)
     return total_loss / n, acc
 

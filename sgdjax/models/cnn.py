@@ -62,6 +62,7 @@ from jax.custom_derivatives import SymbolicZero
 from sgdjax.errors import ConfigError, did_you_mean
 from sgdjax.models import fastmath
 from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear, declared
+from sgdjax.slices import join_slices
 
 CONV_IMPLS = ("folded", "im2col", "shift", "lax")
 
@@ -168,24 +169,12 @@ IMAGE_SLICE = 64
 
 
 def by_image_slices(fn: Any, *arrays: jax.Array, size: int = IMAGE_SLICE) -> Any:
-    """``fn(*arrays)`` for arrays whose leading axis is the image, computed on slices of
-    ``size`` images in a loop and joined (outputs: pytrees of per-image arrays). Batches up
-    to twice ``size`` are one call. Slices are taken inside the loop, so the inputs are never
-    copied as a whole."""
-    n = arrays[0].shape[0]
-    if n <= 2 * size:
+    """``fn(*arrays)`` for arrays whose leading axis is the image, in slices of ``size``
+    images (:func:`sgdjax.slices.join_slices`); batches up to twice ``size`` (a minibatch) are
+    one call."""
+    if arrays[0].shape[0] <= 2 * size:
         return fn(*arrays)
-    n_full, rest = divmod(n, size)
-
-    def one(i: jax.Array) -> Any:
-        return fn(*(lax.dynamic_slice_in_dim(a, i * size, size) for a in arrays))
-
-    out = lax.map(one, jnp.arange(n_full))
-    out = jax.tree.map(lambda a: a.reshape((n_full * size,) + a.shape[2:]), out)
-    if rest:
-        tail = fn(*(a[n_full * size:] for a in arrays))
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-    return out
+    return join_slices(fn, *arrays, size=size)
 
 
 def _conv(patches: jax.Array, weight: jax.Array, bias: jax.Array) -> jax.Array:
