@@ -137,7 +137,8 @@ class SetupConfig:
     # --- execution -----------------------------------------------------------------------
     #: Memory budget (GiB) for one compiled chunk of an ensemble; decides the chunk size.
     memory_budget_gb: float = 2.0
-    #: Runs per compiled ensemble chunk; 0 = the largest that fits ``memory_budget_gb``.
+    #: Runs per compiled ensemble chunk; 0 = the largest that fits ``memory_budget_gb`` (on
+    #: CPU at most 1 CNN or 16 NanoGPT runs per device: wider vmaps run slower there).
     chunk_runs: int = 0
     #: SGD steps per compiled call in long stages (progress, checkpoint and resume granularity).
     steps_per_call: int = 100_000

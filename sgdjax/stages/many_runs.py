@@ -4,9 +4,9 @@ For every lr, ``many_runs_samples`` runs of ``many_runs_steps`` SGD steps start 
 stage-2 parameters; only their minibatch streams differ. Run r's key depends on (seed, r) — and on
 the lr index when ``lr_streams="independent"`` — so with the default "common" streams run r sees
 the same batches at every lr, as in the original's reshuffle mode. Runs are vmapped in chunks sized
-from ``memory_budget_gb``; each chunk is one compiled call whose outputs go straight into
-pre-allocated ``.npy`` files, so the ensemble may be larger than memory and an interrupted stage
-resumes at its first unfinished chunk.
+from ``memory_budget_gb`` (on CPU at most ``MAX_CHUNK_CPU`` runs per device); each chunk is one
+compiled call whose outputs go straight into pre-allocated ``.npy`` files, so the ensemble may be
+larger than memory and an interrupted stage resumes at its first unfinished chunk.
 
 Files per lr (``[runs, steps, params]`` layout):
 ``sgd_weights_lr{lr}.npy`` [R, T/k, P] pre-update weights (k = ``record_every``),
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdjax import plots
+from sgdjax.config import SetupConfig
 from sgdjax.distributed import broadcast, is_main, process_count
 from sgdjax.engine.ensemble import (
     chunk_size,
@@ -46,11 +47,24 @@ from sgdjax.store import lr_tag, pending_chunks
 
 #: JSON logs hold the flat per-step losses only up to this many values (the .npy always has them).
 JSON_LIMIT = 2_000_000
-#: vmapping CNN runs is slower on CPU than running them one after another (15 ms per run-step
-#: at width 1 against 25 ms at width 8, float64; see docs/benchmarks.md).
-MAX_CHUNK = {"cnn": 1}
+#: Widest vmap per device on CPU, where wider is slower (see docs/benchmarks.md): CNN runs go
+#: one at a time (15 ms per run-step at width 1 against 25 ms at width 8, float64); NanoGPT's
+#: activations outgrow the caches beyond ~16 runs (float64 1.46-1.72k run-steps/s at width
+#: 16, 0.93k at 117, about the width a 2 GB budget gives on two devices). Accelerators take
+#: the width the memory budget allows.
+MAX_CHUNK_CPU = {"cnn": 1, "nanogpt": 16}
 #: Every process of a multi-host run takes part (see ``sgdjax.distributed``); process 0 writes.
 DISTRIBUTED = True
+
+
+def runs_per_call(cfg: SetupConfig, share: int, bytes_per_run: int, n_dev: int,
+                  platform: str) -> int:
+    """Runs one device computes per compiled call: ``chunk_runs`` if set, else as many of its
+    ``share`` as fit its part of ``memory_budget_gb``, at most ``MAX_CHUNK_CPU`` on CPU."""
+    if cfg.chunk_runs:
+        return cfg.chunk_runs
+    cap = MAX_CHUNK_CPU.get(cfg.model) if platform == "cpu" else None
+    return chunk_size(share, bytes_per_run, cfg.memory_budget_gb * 2**30 / n_dev, cap)
 
 
 def weights_file(lr: float) -> str:
@@ -127,8 +141,7 @@ def run(ctx: Context) -> dict[str, Any]:
     # Each device's share of the runs; every chunk's outputs land in this host's memory, so the
     # budget is shared by all devices.
     share = -(-n_runs // n_dev)
-    size = cfg.chunk_runs or chunk_size(share, per_run, cfg.memory_budget_gb * 2**30 / n_dev,
-                                        MAX_CHUNK.get(cfg.model))
+    size = runs_per_call(cfg, share, per_run, n_dev, platform or jax.default_backend())
     size = global_chunk(min(size, share), mesh)
     fn = vmapped(traj, mesh)
 

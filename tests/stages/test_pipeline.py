@@ -259,6 +259,24 @@ def test_gd_scaling_n_over_b_is_lr_times_b_over_n():
     assert effective_lr(cfg.replace(gd_scaling="default"), 0.05, 6400) == 0.05
 
 
+def test_ensemble_width_capped_on_cpu_only():
+    """NanoGPT and CNN ensembles run at most 16 / 1 runs per CPU device per call whatever the
+    budget allows; accelerators, the MLP and an explicit ``chunk_runs`` are not capped."""
+    from sgdjax.stages.many_runs import runs_per_call
+
+    gpt = load_setup("exp2", "setup2")  # 10000 runs, 2 GB budget
+    per_run = 1111 * 960 * 4  # recorded float32 weights
+    assert runs_per_call(gpt, 5000, per_run, 2, "gpu") == 125  # 1 GiB per device: 2 chunks
+    assert runs_per_call(gpt, 5000, per_run, 2, "cpu") == 16
+    assert runs_per_call(gpt, 10, per_run, 2, "cpu") == 10
+    assert runs_per_call(gpt.replace(chunk_runs=40), 5000, per_run, 2, "cpu") == 40
+    cnn = load_setup("exp1", "setup3")
+    assert runs_per_call(cnn, 500, per_run, 2, "cpu") == 1
+    assert runs_per_call(cnn, 500, per_run, 2, "gpu") == 125
+    mlp = load_setup("exp1", "setup1")
+    assert runs_per_call(mlp, 500, per_run, 2, "cpu") == 125
+
+
 def test_cli_errors_are_one_message(capsys, tmp_path):
     assert cli.main(["exp1", "setup9", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
