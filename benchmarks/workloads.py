@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdjax.data.sampling import make_sampler
-from sgdjax.engine.ensemble import global_chunk, run_chunks, run_keys, run_mesh, vmapped
+from sgdjax.engine.ensemble import (
+    MAX_CHUNK_CPU,
+    global_chunk,
+    run_chunks,
+    run_keys,
+    run_mesh,
+    vmapped,
+)
 from sgdjax.engine.trajectory import Data, Recorder, make_trajectory
 from sgdjax.models import build_model
 from sgdjax.models.objective import make_loss_fn
@@ -81,15 +88,14 @@ class Sizes:
 #: Real sizes, chosen so that each side of each measurement takes about one to two minutes on
 #: the 2-vCPU machine (measured per-step costs). Per-step costs are constant along a run, so the
 #: CNN's stage-4 runs are cut to 300 steps (3 validations) to stay in that bound; its runs go in
-#: one at a time as the stage does (vmapping CNN runs is slower on CPU than running them in turn);
-#: NanoGPT's at the stage's CPU width of 16 per device.
+#: one at a time, NanoGPT's 16 per device: the stage's CPU widths (``MAX_CHUNK_CPU``).
 REAL: dict[str, Sizes] = {
     "mlp": Sizes(runs=1000, chunk=250, ref_runs=10, hess_steps=100, ref_hess_steps=20,
                  train_steps=5000),
-    "cnn": Sizes(runs=8, chunk=1, ref_runs=1, steps=300, hess_steps=50, ref_hess_steps=2,
-                 train_steps=1000),
-    "nanogpt": Sizes(runs=32, chunk=16, ref_runs=2, hess_steps=6, ref_hess_steps=3,
-                     train_steps=2000),
+    "cnn": Sizes(runs=8, chunk=MAX_CHUNK_CPU["cnn"], ref_runs=1, steps=300, hess_steps=50,
+                 ref_hess_steps=2, train_steps=1000),
+    "nanogpt": Sizes(runs=2 * MAX_CHUNK_CPU["nanogpt"], chunk=MAX_CHUNK_CPU["nanogpt"],
+                     ref_runs=2, hess_steps=6, ref_hess_steps=3, train_steps=2000),
 }
 #: Smoke-test sizes: every code path (vmapped runs, validation, Hessians, both loops) on little
 #: work. The batch and the validation set are small because the reference's row-by-row Hessians

@@ -90,6 +90,14 @@ def output_bytes_per_run(run: Callable[..., Trajectory], w0: Any, state0: Any, k
     return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(out)))
 
 
+#: Widest vmap per device on CPU, where wider is slower (see docs/benchmarks.md): CNN runs go
+#: one at a time (15 ms per run-step at width 1 against 25 ms at width 8, float64); NanoGPT's
+#: activations outgrow the caches beyond ~16 runs (float64 1.46-1.72k run-steps/s at width
+#: 16, 0.93k at 117, about the width a 2 GB budget gives on two devices). Accelerators take
+#: the width the memory budget allows.
+MAX_CHUNK_CPU = {"cnn": 1, "nanogpt": 16}
+
+
 def chunk_size(n_runs: int, bytes_per_run: int, budget_bytes: float, max_chunk: int | None = None
                ) -> int:
     """Largest chunk whose outputs fit the budget twice (``run_chunks`` writes one chunk while

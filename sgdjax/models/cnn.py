@@ -119,12 +119,16 @@ def _nonzero_patches(patches: jax.Array) -> jax.Array:
     return jnp.take_along_axis(patches, order[:, :, None], axis=1)
 
 
+def patch_rows(feats: jax.Array) -> int:
+    """``M``, the rows of packed features (:func:`patch_features`) that are patches."""
+    return feats.shape[-2] - 2 - feats.shape[-1]
+
+
 def unpack_patch_features(feats: jax.Array
                           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(patches [N, M, K], sums [N, K], second moments [N, K, K], positions [N])`` of packed
     features (:func:`patch_features`)."""
-    k = feats.shape[-1]
-    m = feats.shape[-2] - 2 - k
+    k, m = feats.shape[-1], patch_rows(feats)
     return feats[:, :m], feats[:, m], feats[:, m + 1: m + 1 + k], feats[:, -1, 0]
 
 
@@ -372,8 +376,7 @@ class CNNModule(nn.Module):
             mean = w @ m
             var = jnp.einsum("ok,kl,ol->o", w, cov, w)
         scale, shift = bn.affine(mean, var, count, train)
-        rows = x.shape[-2] - 2 - x.shape[-1]  # the patches of the packed features
-        return conv_silu_pool(x, w * scale[:, None], shift, positions, rows)
+        return conv_silu_pool(x, w * scale[:, None], shift, positions, patch_rows(x))
 
 
 @dataclass(frozen=True)

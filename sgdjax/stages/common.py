@@ -73,6 +73,11 @@ class Context:
         return load_splits(self.cfg)
 
     @property
+    def platform(self) -> str | None:
+        """The chosen device's platform ("cpu", "gpu"; None: JAX's default backend)."""
+        return self.device.platform if self.device else None
+
+    @property
     def n_train(self) -> int:
         return int(self.splits[0].x.shape[0])
 

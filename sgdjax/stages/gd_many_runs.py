@@ -47,8 +47,7 @@ def stem(cfg: SetupConfig, lr: float) -> str:
 def lr_mesh(ctx: Context, data: Data, n_lrs: int) -> Mesh | None:
     """The local devices the lrs are spread over (None: one device), as many as there are lrs
     while the data's extra copies fit ``memory_budget_gb``."""
-    platform = ctx.device.platform if ctx.device else None
-    devices = jax.local_devices(backend=platform)
+    devices = jax.local_devices(backend=ctx.platform)
     data_bytes = sum(x.nbytes for x in jax.tree.leaves(data))
     fit = 1 + int(ctx.cfg.memory_budget_gb * 2**30 // max(1, data_bytes))
     return run_mesh(devices[:max(1, min(n_lrs, fit))])

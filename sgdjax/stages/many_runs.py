@@ -30,6 +30,7 @@ from sgdjax import plots
 from sgdjax.config import SetupConfig
 from sgdjax.distributed import broadcast, is_main, process_count
 from sgdjax.engine.ensemble import (
+    MAX_CHUNK_CPU,
     chunk_size,
     diverged_summary,
     global_chunk,
@@ -47,12 +48,6 @@ from sgdjax.store import lr_tag, pending_chunks
 
 #: JSON logs hold the flat per-step losses only up to this many values (the .npy always has them).
 JSON_LIMIT = 2_000_000
-#: Widest vmap per device on CPU, where wider is slower (see docs/benchmarks.md): CNN runs go
-#: one at a time (15 ms per run-step at width 1 against 25 ms at width 8, float64); NanoGPT's
-#: activations outgrow the caches beyond ~16 runs (float64 1.46-1.72k run-steps/s at width
-#: 16, 0.93k at 117, about the width a 2 GB budget gives on two devices). Accelerators take
-#: the width the memory budget allows.
-MAX_CHUNK_CPU = {"cnn": 1, "nanogpt": 16}
 #: Every process of a multi-host run takes part (see ``sgdjax.distributed``); process 0 writes.
 DISTRIBUTED = True
 
@@ -133,7 +128,7 @@ def run(ctx: Context) -> dict[str, Any]:
     one_key = run_keys(cfg.seed, "many_runs", 1)[0]
     per_run = output_bytes_per_run(traj, w0, state0, one_key, jnp.asarray(0.1, dtype), data)
     per_run += steps * cfg.batch_size * 4  # the run's precomputed batch indices
-    platform = ctx.device.platform if ctx.device else None
+    platform = ctx.platform
     # Several hosts: one mesh over every host's devices; one host: its local devices.
     mesh = run_mesh(jax.devices(platform) if process_count() > 1
                     else jax.local_devices(backend=platform))
