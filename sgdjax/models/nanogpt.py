@@ -205,14 +205,27 @@ class CausalSelfAttention(nn.Module):
         c, dt = x.shape[-1], self.param_dtype
         w_attn = LinearWeight(c, 3 * c, dt, name="c_attn")()
         w_proj = LinearWeight(c, c, dt, name="c_proj")()
-        wq, wk, wv = w_attn[:c], w_attn[c : 2 * c], w_attn[2 * c :]
-        # Both in [out, in] layout, as a Linear's weight: its gradient is then the product
-        # ``cotangentᵀ x`` that XLA runs on the fast path; the transposed layout [in, out]
-        # made it contract x's token axis in XLA's generic kernel (0.7 of a 6 ms step).
-        a_t = (wk.T @ wq) / jnp.asarray(math.sqrt(c), dtype=dt)
-        b_t = w_proj @ wv
-        qv = x @ jnp.concatenate([a_t, b_t], axis=0).T
+        # The structured Hessian differentiates in the factors themselves (half as many
+        # coordinates as the weights behind them) and passes them in as variables.
+        if self.has_variable("factors", "qv"):
+            m = self.get_variable("factors", "qv")
+        else:
+            m = attention_factors(w_attn, w_proj)
+        qv = x @ m.T
         return _mix(_causal_softmax(_scores(qv[..., :c], x)), qv[..., c:])
+
+
+def attention_factors(w_attn: jax.Array, w_proj: jax.Array) -> jax.Array:
+    """``[2C, C]``: ``(Wkᵀ Wq / √C ; Wp Wv)`` of one head's ``c_attn [3C, C]`` and ``c_proj
+    [C, C]`` weights, so that ``x Mᵀ = (x Wqᵀ Wk / √C, x Wvᵀ Wpᵀ)``.
+
+    The [out, in] layout of a Linear's weight: the gradient in ``M`` is then the product
+    ``cotangentᵀ x`` that XLA runs on the fast path, while ``x`` times the transposed layout made
+    it contract x's token axis in XLA's generic kernel (0.7 ms of a 6 ms step)."""
+    c = w_proj.shape[0]
+    wq, wk, wv = w_attn[:c], w_attn[c : 2 * c], w_attn[2 * c :]
+    a_t = (wk.T @ wq) / jnp.asarray(math.sqrt(c), dtype=w_attn.dtype)
+    return jnp.concatenate([a_t, w_proj @ wv], axis=0)
 
 
 class MLPBlock(nn.Module):

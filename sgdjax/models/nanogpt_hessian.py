@@ -26,13 +26,16 @@ forward derivatives and 432 products in the parameters, instead of 960 products.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sgdjax.analysis.hessian import dense_hessian, make_hvp
+from sgdjax.models.nanogpt import attention_factors
 from sgdjax.models.objective import cross_entropy, make_loss_fn
 
 if TYPE_CHECKING:
@@ -71,9 +74,7 @@ def gpt_ce_hessian(
     if t * c * per_slot * jnp.dtype(dt).itemsize > STRUCTURED_BYTES:
         return dense_hessian(loss, w, batch_size=chunk)
 
-    # Columns of the blocks' parameters: ordinary products with unit vectors.
-    units = jnp.eye(head - p_end, n, k=p_end, dtype=dt)
-    cols = lax.map(make_hvp(loss, w), units, batch_size=chunk)  # [head - p_end, n]
+    cols = _block_columns(model, w, loss, tokens, labels, p_end, head, chunk)
 
     # Per-sequence second derivatives in the blocks' input, and the hidden state's tangents.
     x0 = jnp.take(params["wte"]["weight"], tokens, axis=0) + params["wpe"]["weight"][:t]
@@ -125,3 +126,60 @@ def gpt_ce_hessian(
     h = h.at[head:, e:q].set(h_wp).at[e:q, head:].set(h_wp.T)
     h_ww = h_ww.reshape(v * c, v * c)
     return h.at[head:, head:].set(0.5 * (h_ww + h_ww.T))
+
+
+def _block_columns(
+    model: NanoGPT, w: jax.Array, loss: Callable[[jax.Array], jax.Array], tokens: jax.Array,
+    labels: jax.Array, start: int, stop: int, chunk: int,
+) -> jax.Array:
+    """Hessian columns ``[stop - start, P]`` of the blocks' and final LayerNorm's parameters.
+
+    Ordinary products with unit vectors, except for one-head attention, whose weights enter
+    the loss only through the ``[2C, C]`` factors ``M = φ(W)`` (``attention_factors``). With
+    ``J = ∂M/∂W`` and ``g`` and ``H̃`` the gradient and Hessian in (other parameters, ``M``):
+
+        H[θ, W] = H̃[θ, M] J        H[W, W] = Jᵀ H̃[M, M] J + ∂²⟨g_M, φ(W)⟩/∂W²
+
+    so the 4C² weights per layer cost 2C² products in ``M`` (the second term is the Hessian of
+    a product of two C×C matrices, exact and cheap): 304 instead of 432 products here.
+    """
+    n, dt = w.shape[0], w.dtype
+    idx = np.arange(start, stop)
+    if model.n_head != 1:
+        units = jnp.eye(stop - start, n, k=start, dtype=dt)
+        return lax.map(make_hvp(loss, w), units, batch_size=chunk)
+
+    offsets = model.offsets()
+    layers = [f"transformer.h.{i}.attn." for i in range(model.n_layer)]
+    attn = np.concatenate([np.arange(*offsets[t + k]) for t in layers
+                           for k in ("c_attn.weight", "c_proj.weight")])
+    others = np.setdiff1d(idx, attn)
+    module = model.module(dt)
+
+    def factors(v: jax.Array) -> jax.Array:  # φ: flat weights -> flat factors of all layers
+        params = model.unflatten(v)
+        return jnp.concatenate([
+            attention_factors(params[f"h_{i}"]["attn"]["c_attn"]["weight"],
+                              params[f"h_{i}"]["attn"]["c_proj"]["weight"]).ravel()
+            for i in range(model.n_layer)])
+
+    f0 = factors(w)
+    nf, per = f0.shape[0], f0.shape[0] // model.n_layer
+
+    def loss_m(v: jax.Array, f: jax.Array) -> jax.Array:
+        tree = {f"h_{i}": {"attn": {"qv": f[i * per : (i + 1) * per].reshape(
+            2 * model.n_embd, model.n_embd)}} for i in range(model.n_layer)}
+        logits = module.apply({"params": model.unflatten(v), "factors": tree}, tokens)
+        return cross_entropy(logits, labels)
+
+    (_, g_m), tangent = jax.linearize(jax.grad(loss_m, argnums=(0, 1)), w, f0)
+    h_mw, h_mm = lax.map(lambda u: tangent(jnp.zeros_like(w), u), jnp.eye(nf, dtype=dt),
+                         batch_size=chunk)  # [nf, P] (zero in the W columns), [nf, nf]
+    jac = jax.jacfwd(factors)(w)[:, attn]  # [nf, |W|]
+    curv = jax.hessian(lambda a: jnp.vdot(g_m, factors(w.at[attn].set(a))))(w[attn])
+    cols_w = (jac.T @ h_mw).at[:, attn].set(jac.T @ h_mm @ jac + curv)  # [|W|, P]
+
+    units = jnp.zeros((others.size, n), dt).at[np.arange(others.size), others].set(1)
+    cols_o = lax.map(make_hvp(loss, w), units, batch_size=chunk)
+    return (jnp.zeros((stop - start, n), dt)
+            .at[attn - start].set(cols_w).at[others - start].set(cols_o))
