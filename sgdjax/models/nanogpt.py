@@ -2,7 +2,9 @@
 
 Token and learned position embeddings; pre-LayerNorm blocks ``x += attn(ln_1(x))``,
 ``x += mlp(ln_2(x))``; final LayerNorm; untied bias-free ``lm_head``. Every Linear is bias-free,
-LayerNorms have weight and bias (eps 1e-5), GELU is the exact (erf) one, no dropout.
+LayerNorms have weight and bias (eps 1e-5), GELU is the exact (erf) one, no dropout. With one
+head, attention's products are regrouped around its weights (``attention_factors``): the same
+function with half the token-wide products.
 
 State-dict names follow nanoGPT, and ``layout`` lists them in the original's ``parameters()``
 order; for the default config (vocab 25, n_embd 8, n_head 1, n_layer 1, block 16, mlp_ratio 1):
