@@ -177,8 +177,11 @@ def _block_columns(
     (_, g_m), tangent = jax.linearize(jax.grad(loss_m, argnums=(0, 1)), w, f0)
     h_mw, h_mm = lax.map(lambda u: tangent(jnp.zeros_like(w), u), jnp.eye(nf, dtype=dt),
                          batch_size=chunk)  # [nf, P] (zero in the W columns), [nf, nf]
-    jac = jax.jacfwd(factors)(w)[:, attn]  # [nf, |W|]
-    curv = jax.hessian(lambda a: jnp.vdot(g_m, factors(w.at[attn].set(a))))(w[attn])
+    def phi(a: jax.Array) -> jax.Array:  # φ of the attention weights alone
+        return factors(w.at[attn].set(a))
+
+    jac = jax.jacfwd(phi)(w[attn])  # [nf, |W|]
+    curv = jax.hessian(lambda a: jnp.vdot(g_m, phi(a)))(w[attn])
     cols_w = (jac.T @ h_mw).at[:, attn].set(jac.T @ h_mm @ jac + curv)  # [|W|, P]
 
     units = jnp.zeros((others.size, n), dt).at[np.arange(others.size), others].set(1)
