@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 
 from sgdjax.analysis.hessian import dense_hessian, make_hvp
-from sgdjax.models.nanogpt import attention_factors
+from sgdjax.models.nanogpt import attention_factors, regroups_attention
 from sgdjax.models.objective import cross_entropy, make_loss_fn
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def _block_columns(
     """
     n, dt = w.shape[0], w.dtype
     idx = np.arange(start, stop)
-    if model.n_head != 1:
+    if not regroups_attention(model.n_head):
         units = jnp.eye(stop - start, n, k=start, dtype=dt)
         return lax.map(make_hvp(loss, w), units, batch_size=chunk)
 
@@ -177,6 +177,7 @@ def _block_columns(
     (_, g_m), tangent = jax.linearize(jax.grad(loss_m, argnums=(0, 1)), w, f0)
     h_mw, h_mm = lax.map(lambda u: tangent(jnp.zeros_like(w), u), jnp.eye(nf, dtype=dt),
                          batch_size=chunk)  # [nf, P] (zero in the W columns), [nf, nf]
+
     def phi(a: jax.Array) -> jax.Array:  # φ of the attention weights alone
         return factors(w.at[attn].set(a))
 
@@ -184,7 +185,7 @@ def _block_columns(
     curv = jax.hessian(lambda a: jnp.vdot(g_m, phi(a)))(w[attn])
     cols_w = (jac.T @ h_mw).at[:, attn].set(jac.T @ h_mm @ jac + curv)  # [|W|, P]
 
-    units = jnp.zeros((others.size, n), dt).at[np.arange(others.size), others].set(1)
+    units = jnp.eye(n, dtype=dt)[others]
     cols_o = lax.map(make_hvp(loss, w), units, batch_size=chunk)
     return (jnp.zeros((stop - start, n), dt)
             .at[attn - start].set(cols_w).at[others - start].set(cols_o))
