@@ -209,26 +209,27 @@ def test_featurize_drops_zero_patches(x64) -> None:
     images themselves, in training and evaluation mode."""
     from sgdjax.models.objective import make_loss_fn
 
-    m = CNN()
+    side = 12  # small images: the two dense Hessians below are the slow part
+    m, npos = CNN(image_size=side), side * side
     params, state = m.init(jax.random.key(1), jnp.float64)
     w = m.flatten(params)
     w = w + 0.3 * jax.random.normal(jax.random.key(2), w.shape, jnp.float64)
     params = m.unflatten(w)
-    x = sparse_images(7, 28, seed=3)
+    x = sparse_images(7, side, seed=3)
     y = jnp.asarray(np.random.default_rng(4).integers(0, 10, size=7))
     feats = m.featurize(x)
     full = patch_features(x, 3, 1, compact=False)
-    nonzero = np.any(np.asarray(full[:, :784]) != 0, axis=-1).sum(1)
+    nonzero = np.any(np.asarray(full[:, :npos]) != 0, axis=-1).sum(1)
     rows = feats.shape[1] - 2 - 9
-    assert rows == -(-nonzero.max() // 8) * 8 < 784
+    assert rows == -(-nonzero.max() // 8) * 8 < npos
     patches, s1, s2, positions = (np.asarray(a) for a in unpack_patch_features(feats))
-    np.testing.assert_array_equal(positions, 784)
+    np.testing.assert_array_equal(positions, npos)
     for i in range(7):  # the same patches in the same order, then zero patches
-        keep = np.asarray(full[i, :784])[np.any(np.asarray(full[i, :784]) != 0, axis=-1)]
+        keep = np.asarray(full[i, :npos])[np.any(np.asarray(full[i, :npos]) != 0, axis=-1)]
         np.testing.assert_array_equal(patches[i, :nonzero[i]], keep)
         np.testing.assert_array_equal(patches[i, nonzero[i]:], 0.0)
-    np.testing.assert_array_equal(s1, full[:, 784])
-    np.testing.assert_array_equal(s2, full[:, 785:794])
+    np.testing.assert_array_equal(s1, full[:, npos])
+    np.testing.assert_array_equal(s2, full[:, npos + 1:npos + 10])
     for train in (True, False):
         (a, sa), (b, sb) = m.apply(params, state, x, train=train), m.apply(
             params, state, feats, train=train)
