@@ -33,10 +33,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 choose_ynn_fusions()
 
 # The suite is compile-bound on two cores, so LLVM's optimisation of the generated CPU code is
-# off (as in the LM tests' worker processes): XLA's own passes, which decide fusions, layouts,
-# kernels and the order of every sum, are those of a normal run, and only the emitted loops
-# are less tuned (whole suite on two cores 828 -> 685-703 s). An explicit level in XLA_FLAGS wins,
-# e.g. ``XLA_FLAGS=--xla_backend_optimization_level=3`` to test the code users run bit for bit.
+# off, here and in the commands tests start with this environment. XLA's own passes, which
+# decide fusions, layouts, kernels and the order of every sum, are those of a normal run; only
+# the emitted loops are less tuned (whole suite on two cores 828 -> 685-703 s). An explicit
+# level in XLA_FLAGS wins, e.g. ``XLA_FLAGS=--xla_backend_optimization_level=3`` to test the
+# code users run bit for bit.
 _BACKEND_LEVEL = "--xla_backend_optimization_level"
 if _BACKEND_LEVEL not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_BACKEND_LEVEL}=0".strip()

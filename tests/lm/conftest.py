@@ -65,12 +65,11 @@ def text_data(shakespeare_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    """A worker environment: the package importable, 4 host devices on CPU. These processes
-    check numbers, not speed: XLA's backend optimisation is off to compile faster."""
+    """A worker environment: the package importable, 4 host devices on CPU (and, from the
+    inherited ``XLA_FLAGS``, the suite's backend optimisation level, see ``tests/conftest.py``)."""
     from sgdjax.lm.stages.scaling import worker_env
 
     env = worker_env("cpu", 4)
-    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
     env.update(extra)
     return env
 
