@@ -203,6 +203,14 @@ def blocks(
         records = dict(own)
         records.update({k: jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), v)
                         for k, v in nested.items()})
+    else:
+        # Shorter than one block: the per-block records still exist, with no rows, so that a
+        # trajectory's record keys (and the files written from them) do not depend on its length.
+        _, own, nested = jax.eval_shape(body, carry, first)
+        records = {k: jax.tree.map(lambda s: jnp.zeros((0, *s.shape), s.dtype), v)
+                   for k, v in own.items()}
+        records.update({k: jax.tree.map(lambda s: jnp.zeros((0, *s.shape[1:]), s.dtype), v)
+                        for k, v in nested.items()})
     carry, rest = tail(carry, first + n * length)
     for k, v in rest.items():
         records[k] = v if k not in records else jax.tree.map(

@@ -142,6 +142,26 @@ def test_recording_cadence_and_thinning(problem):
         np.testing.assert_allclose(out.records["val_acc"][j], va)
 
 
+
+def test_run_shorter_than_the_validation_cadence_has_empty_validation_records(problem):
+    """7 steps with validation every 10: no validation, but the records exist with no rows
+    (stage 4 writes its files from them), and the steps are those of a run without validation."""
+    model, data, w0, state = problem
+    sampler = make_sampler("replacement", 128, 16)
+    short = jax.jit(make_trajectory(
+        make_loss_fn(model, train=True), sampler, 7, Recorder(params_every=1, val_every=10),
+        eval_loss=make_loss_fn(model, train=False)))
+    plain = jax.jit(make_trajectory(make_loss_fn(model, train=True), sampler, 7,
+                                    Recorder(params_every=1)))
+    key = jax.random.key(2)
+    out, ref = short(w0, state, key, jnp.float32(0.1), data), plain(w0, state, key,
+                                                                     jnp.float32(0.1), data)
+    assert out.records["val_loss"].shape == out.records["val_acc"].shape == (0,)
+    assert out.records["val_loss"].dtype == w0.dtype
+    assert out.records["params"].shape == (7, w0.shape[0])
+    np.testing.assert_array_equal(out.records["loss"], ref.records["loss"])
+    np.testing.assert_array_equal(out.params, ref.params)
+
 def test_recorded_batchnorm_state_is_thinned_with_the_params():
     model = build_model("cnn")
     rng = np.random.default_rng(1)
