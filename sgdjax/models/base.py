@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,11 @@ class TorchLayoutModel(ABC):
     # Keys of a PyTorch state dict that are known non-parameter buffers of the original and carry
     # no information we need (e.g. nanoGPT's causal-mask buffer); matched by suffix.
     ignored_state_dict_suffixes: tuple[str, ...] = ()
+
+    # Optional ``objective(params, state, feats, labels) -> (mean cross-entropy, number
+    # correct)``, which ``make_loss_fn`` then uses instead of ``apply`` and ``cross_entropy``:
+    # the same function arranged for speed (NanoGPT's). Stateless models only.
+    objective: Callable[..., tuple[jax.Array, jax.Array]] | None = None
 
     # -- derived ----------------------------------------------------------------------------------
     @property

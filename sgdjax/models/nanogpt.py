@@ -115,12 +115,17 @@ class LayerNorm(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, channels_first: bool = False) -> jax.Array:
+        """Normalise over the last axis, or with ``channels_first`` over the first (``x`` is
+        ``[C, N]``: the reductions then run along the token axis in vector lanes)."""
         w = self.param("weight", declared, (self.features,), self.param_dtype)
         b = self.param("bias", declared, (self.features,), self.param_dtype)
         x = _fence(x)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        axis = 0 if channels_first else -1
+        if channels_first:
+            w, b = w[:, None], b[:, None]
+        mean = jnp.mean(x, axis=axis, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axis, keepdims=True)
         return (x - mean) * lax.rsqrt(var + self.eps) * w + b
 
 
@@ -280,11 +285,13 @@ class GPTModule(nn.Module):
     @nn.compact
     def __call__(
         self, idx: jax.Array, train: bool = False, embedded: jax.Array | None = None,
-        hidden: bool = False,
-    ) -> jax.Array:
+        hidden: bool = False, labels: jax.Array | None = None,
+    ) -> Any:
         """Logits of ``idx``; with ``embedded`` (``[B, T, n_embd]``) the blocks start from that
         input instead of ``wte[idx] + wpe``, and ``hidden=True`` returns the final LayerNorm's
-        output instead of the logits (the structured Hessian differentiates both)."""
+        output instead of the logits (the structured Hessian differentiates both). With
+        ``labels`` (``[B, T]``) it returns ``(mean cross-entropy, number correct)`` instead,
+        computed with the tokens on the minor axis (``_objective``)."""
         del train  # no dropout
         dt, c = self.param_dtype, self.n_embd
         if embedded is None:
@@ -294,10 +301,40 @@ class GPTModule(nn.Module):
             x = embedded
         for i in range(self.n_layer):
             x = Block(c, self.n_head, self.mlp_hidden, dt, name=f"h_{i}")(x)
+        if labels is not None:
+            return self._objective(x, labels)
         x = LayerNorm(c, param_dtype=dt, name="ln_f")(x)
         if hidden:
             return x
         return _linear(c, self.vocab_size, dt, "lm_head")(x)
+
+    def _objective(self, x: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Final LayerNorm, ``lm_head``, mean cross-entropy and correct count on ``[C, N]``.
+
+        With the N tokens on the minor axis the LayerNorm's reductions over C = 8 and the
+        softmax's over the 25 words become sums of rows (vector adds instead of horizontal
+        ones), and the head is ``W [V, C] @ h [C, N]`` with a wide output rather than
+        ``h [N, C] @ Wᵀ`` with 25 columns: a vmapped stage-4 step of 16 runs on one core
+        9.5-10.5 -> 8.7-9.2 ms in float32, 15.5 -> 14.9 ms in float64. The same function as
+        ``cross_entropy`` of the logits."""
+        dt, c, v = self.param_dtype, self.n_embd, self.vocab_size
+        h = LayerNorm(c, param_dtype=dt, name="ln_f")(x.reshape(-1, c).T, channels_first=True)
+        logits = LinearWeight(c, v, dt, name="lm_head")() @ h  # [V, N]
+        logp = jax.nn.log_softmax(logits, axis=0)
+        y = labels.reshape(1, -1)
+        onehot = (jnp.arange(v, dtype=y.dtype)[:, None] == y).astype(logp.dtype)
+        loss = -jnp.sum(onehot * logp) / y.size
+        # argmax == label, as row maxima: an argmax over the major axis is a variadic reduce
+        # that XLA's CPU backend runs element by element (2 ms of a 9 ms vmapped step). The
+        # label wins when its logit beats every earlier word and ties none later (argmax
+        # takes the first maximum).
+        target = jnp.sum(jnp.where(onehot > 0, logits, 0), axis=0)
+        words = jnp.arange(v, dtype=y.dtype)[:, None]
+        low = jnp.asarray(-jnp.inf, logits.dtype)
+        before = jnp.max(jnp.where(words < y, logits, low), axis=0)
+        after = jnp.max(jnp.where(words > y, logits, low), axis=0)
+        correct = jnp.sum((target > before) & (target >= after)).astype(jnp.int32)
+        return loss, correct
 
 
 @dataclass(frozen=True)
@@ -375,6 +412,20 @@ class NanoGPT(TorchLayoutModel):
                 f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
             )
         return super().apply(params, state, feats, train=train)
+
+    def objective(
+        self, params: Any, state: Any, feats: jax.Array, labels: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(mean cross-entropy, number correct)`` of ``feats`` against ``labels``
+        (``make_loss_fn`` uses it instead of logits and ``cross_entropy``; the same function,
+        computed with the tokens on the minor axis)."""
+        del state  # no buffers
+        if feats.shape[-1] > self.block_size:
+            raise ConfigError(
+                f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
+            )
+        module = self.module(self.param_dtype(params))
+        return module.apply({"params": params}, jnp.asarray(feats, jnp.int32), labels=labels)
 
     def loss_hessian(
         self, w: jax.Array, state: Any, feats: jax.Array, labels: jax.Array,

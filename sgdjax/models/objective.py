@@ -41,9 +41,14 @@ def make_loss_fn(model: TorchLayoutModel, *, train: bool) -> LossFn:
     trajectory evaluating with ``f`` uses unless its Recorder sets ``val_batch``.
     """
 
+    objective = getattr(model, "objective", None)  # its own loss and count, where it has them
+
     def loss_fn(
         w_flat: jax.Array, state: Any, x: jax.Array, y: jax.Array
     ) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        if objective is not None:
+            loss, correct = objective(model.unflatten(w_flat), state, x, y)
+            return loss, (state, correct)
         logits, new_state = model.apply(model.unflatten(w_flat), state, x, train=train)
         return cross_entropy(logits, y), (new_state, num_correct(logits, y))
 

@@ -209,6 +209,30 @@ def test_derivatives_match_plain_autodiff(x64) -> None:
                                rtol=1e-11, atol=1e-13)
 
 
+def test_objective_is_cross_entropy_of_the_logits(gpt, x64) -> None:
+    """The token-minor ``objective`` (what ``make_loss_fn`` trains with) gives the loss and the
+    correct count of the logits, ties counted as argmax counts them (the first maximum)."""
+    from sgdjax.models.objective import cross_entropy, num_correct
+
+    m, p, s = gpt
+    p = jax.tree.map(lambda a: a.astype(jnp.float64), p)
+    rng = np.random.default_rng(8)
+    tokens = jnp.asarray(rng.integers(0, 25, size=(5, 16)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 25, size=(5, 16)), jnp.int32)
+    logits, _ = m.apply(p, s, tokens, train=True)
+    loss, correct = m.objective(p, s, tokens, labels)
+    assert float(loss) == pytest.approx(float(cross_entropy(logits, labels)), rel=1e-14)
+    assert int(correct) == int(num_correct(logits, labels)) > 0
+    labels = labels.at[0].set(jnp.argmax(logits[0], axis=-1).astype(jnp.int32))  # 16 hits
+    assert int(m.objective(p, s, tokens, labels)[1]) == int(num_correct(logits, labels))
+    # a zero head: all 25 logits tie, argmax says word 0 everywhere
+    flat = m.flatten(p)
+    tied = m.unflatten(flat.at[-25 * 8:].set(0.0))
+    assert int(m.objective(tied, s, tokens, labels)[1]) == int(jnp.sum(labels == 0))
+    with pytest.raises(ConfigError, match="block_size"):
+        m.objective(p, s, jnp.zeros((1, 17), jnp.int32), jnp.zeros((1, 17), jnp.int32))
+
+
 @pytest.mark.parametrize("name", ["_scores", "_mix"])
 def test_attention_products_tangents(x64, name) -> None:
     """The hand-written tangents of attention's two products: values, gradients and
