@@ -281,9 +281,16 @@ def bench_exp2(step_counts: tuple[int, int], overrides: Sequence[str], device: s
                workdir: str, roof: Roofline) -> Part:
     from benchmarks.workloads import make_problem, step_flops
     from sgdjax.config import load_setup
+    from sgdjax.errors import ConfigError
 
+    fixed = {"many_runs_steps": "--exp2-steps", "epochs_sgd": None, "epochs_gd": None}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in fixed:
+            how = f"give the step counts with {fixed[key]}" if fixed[key] else "it is fixed"
+            raise ConfigError(f"--set {key}: the benchmark sets it itself ({how})")
     sets = ["epochs_sgd=1", "epochs_gd=1", *overrides]
-    cfg = load_setup("exp2", "setup2", sets)
+    cfg = load_setup("exp2", "setup2", sets)  # names a bad override before anything runs
     target = cfg.many_runs_steps
     out = os.path.join(workdir, "exp2_setup2")
     flags = [a for s in sets for a in ("--set", s)] + ["--device", device, "--out", out]
@@ -350,6 +357,15 @@ def format_report(roof: Roofline, parts: list[Part]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from sgdjax.errors import SgdjaxError
+
+    try:
+        return _main(argv)
+    except SgdjaxError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     args = parse_args(argv)
     from sgdjax.run import split_cpu
 

@@ -57,6 +57,11 @@ def test_fit_line_and_goal_judgement() -> None:
     assert slow.of_roofline == pytest.approx(0.05)
 
 
-def test_unknown_part_is_one_message(capsys) -> None:
+def test_bad_input_is_one_message(tmp_path) -> None:
     with pytest.raises(SystemExit, match="unknown part"):
         gpu.main(["--quick", "--only", "mlp,gpus"])
+    work = ["--quick", "--only", "exp2", "--workdir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="many_runs_stepz"):  # the config's own message
+        gpu.main([*work, "--set", "many_runs_stepz=3"])
+    with pytest.raises(SystemExit, match="--exp2-steps"):
+        gpu.main([*work, "--set", "many_runs_steps=3"])
