@@ -382,6 +382,13 @@ def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     if unknown:
         sys.exit(f"error: unknown part(s) {', '.join(sorted(unknown))}; parts are roofline, "
                  "mlp, exp2")
+    try:
+        steps = (tuple(int(s) for s in args.exp2_steps.split(",")) if args.exp2_steps
+                 else sizes["exp2_steps"])
+    except ValueError:
+        steps = ()
+    if len(steps) != 2 or not 0 < steps[0] < steps[1]:
+        sys.exit("error: --exp2-steps takes two increasing step counts, e.g. 111,222")
     if platform == "cpu" and not args.quick:
         print("note: no accelerator: JAX runs on the CPU; these goals are stated for one H100",
               flush=True)
@@ -397,10 +404,6 @@ def _main(argv: Sequence[str] | None) -> dict[str, Any]:
                                    args.steps or sizes["mlp_steps"], chunk, roof))
             print(f"  done mlp: {parts[-1].rate:.4g} run-steps/s", flush=True)
         if "exp2" in parts_wanted:
-            steps = (tuple(int(s) for s in args.exp2_steps.split(",")) if args.exp2_steps
-                     else sizes["exp2_steps"])
-            if len(steps) != 2 or steps[0] >= steps[1]:
-                sys.exit("error: --exp2-steps takes two increasing step counts, e.g. 111,222")
             device = "gpu" if platform == "gpu" else "cpu"
             parts.append(bench_exp2(steps, [*sizes["exp2_set"], *args.set], device, workdir,
                                     roof))

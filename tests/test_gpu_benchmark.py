@@ -65,3 +65,6 @@ def test_bad_input_is_one_message(tmp_path) -> None:
         gpu.main([*work, "--set", "many_runs_stepz=3"])
     with pytest.raises(SystemExit, match="--exp2-steps"):
         gpu.main([*work, "--set", "many_runs_steps=3"])
+    for bad in ("20,10", "ten,20", "5"):
+        with pytest.raises(SystemExit, match="two increasing step counts"):
+            gpu.main([*work, "--exp2-steps", bad])
