@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.peak import best_rate, peak_flops
+
 #: The goals' sizes, and the tiny ones of ``--quick``.
 REAL = {"mlp_runs": 10_000, "mlp_steps": 1111, "cpu_chunk": 500, "exp2_steps": (111, 222),
         "matmul": 8192, "stream_mib": 1024, "disk_mib": 1024, "exp2_set": ()}
@@ -108,26 +110,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # -- roofline ----------------------------------------------------------------------------------
 
 
-def best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    """Fastest of ``repeats`` calls of ``fn`` after one untimed call (compile, first touch)."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_flops(dtype: str, n: int) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), getattr(jnp, dtype))
-    mm = jax.jit(jnp.matmul)
-    return 2.0 * n**3 / best_seconds(lambda: mm(a, a).block_until_ready())
-
-
 def memory_bandwidth(mib: int) -> float:
     """Bytes/s of ``x * 0.5`` over a float32 array of ``mib`` MiB (one read, one write), in place:
     the input is donated, so no call pays for first-touching a fresh output buffer."""
@@ -142,7 +124,7 @@ def memory_bandwidth(mib: int) -> float:
         x[0] = halve(x[0])
         x[0].block_until_ready()
 
-    return 2.0 * nbytes / best_seconds(call)
+    return best_rate(call, 2.0 * nbytes, repeats=5)
 
 
 def disk_write_bandwidth(directory: str, mib: int) -> float:
@@ -165,7 +147,9 @@ def measure_roofline(sizes: dict[str, Any], workdir: str) -> Roofline:
 
     return Roofline(
         device=str(jax.devices()[0].device_kind),
-        flops={dt: matmul_flops(dt, sizes["matmul"]) for dt in ("float32", "float64")},
+        # JAX's own matmul on this device: PyTorch's would be the CPU's.
+        flops={dt: peak_flops(dt, sizes["matmul"], 5, with_torch=False)["jax"]
+               for dt in ("float32", "float64")},
         bandwidth=memory_bandwidth(sizes["stream_mib"]),
         disk_write=disk_write_bandwidth(workdir, sizes["disk_mib"]),
     )
@@ -227,17 +211,13 @@ def bench_mlp(runs: int, steps: int, chunk: int | None, roof: Roofline) -> Part:
     timed = n_chunks * size
     if not all(math.isfinite(x) for x in final):
         raise RuntimeError("the MLP ensemble diverged: its rate would be meaningless")
-    # XLA counts a loop body once, so the cost is that of one SGD step of a chunk on its
-    # gathered batches (the sampler's once-per-epoch permutations left out).
-    lr = LR_CONT["mlp"]
-
-    def step(w: Any, idx: Any) -> Any:
-        (loss, _), g = jax.value_and_grad(p.train_loss, has_aux=True)(
-            w, p.state0, p.data.train_x[idx], p.data.train_y[idx])
-        return w - lr * g, loss
-
-    idx = jax.random.randint(jax.random.key(0), (size, p.batch), 0, p.n_train)
-    flops, nbytes = step_cost(jax.vmap(step), (jnp.tile(p.w0, (size, 1)), idx))
+    # XLA counts a loop body once, so the cost is that of the engine's one-step trajectory of
+    # a chunk with its batch indices given (the sampler's once-per-epoch permutations left out).
+    idx = jax.random.randint(jax.random.key(0), (size, 1, p.batch), 0, p.n_train)
+    one = jax.vmap(make_trajectory(p.train_loss, sampler, 1),
+                   in_axes=(None, None, 0, 0, None, None, None, 0))
+    flops, nbytes = step_cost(one, (p.w0, p.state0, keys[:size], lrs[:size], p.data, 0, None,
+                                    idx))
     flops, nbytes = flops / size * timed * steps, nbytes / size * timed * steps
     bound_s, by = bound(flops, nbytes, "float64", roof)
     return Part("mlp", timed * steps / seconds, "run-steps/s", GOALS["mlp"], seconds,

@@ -19,19 +19,23 @@ import numpy as np
 _JDT = {"float32": jnp.float32, "float64": jnp.float64}
 
 
-def _best_rate(fn, flops: float, repeats: int) -> float:  # noqa: ANN001 - a thunk
+def best_rate(fn, work: float, repeats: int) -> float:  # noqa: ANN001 - a thunk
+    """``work`` (FLOPs, bytes) per second of the fastest of ``repeats`` calls of ``fn``, after
+    one untimed call."""
     fn()  # warm-up: compilation, first-touch of the output buffer
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return flops / best
+    return work / best
 
 
 @cache
-def peak_flops(dtype: str, n: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """``{"jax": ..., "torch": ..., "peak": max}`` in FLOP/s for an ``n×n`` matmul in ``dtype``.
+def peak_flops(dtype: str, n: int = 2048, repeats: int = 3,
+               with_torch: bool = True) -> dict[str, float]:
+    """``{"jax": ..., "torch": ..., "peak": max}`` in FLOP/s for an ``n×n`` matmul in ``dtype``
+    (JAX on its default device; PyTorch on the CPU, unless ``with_torch`` is off).
 
     float64 needs JAX's x64 mode (enabled by the benchmark runner before any array exists)."""
     flops = 2.0 * n**3
@@ -44,9 +48,11 @@ def peak_flops(dtype: str, n: int = 2048, repeats: int = 3) -> dict[str, float]:
     if a.dtype != np.dtype(dtype):
         raise RuntimeError(f"JAX made {a.dtype} from {dtype}: enable x64 before measuring float64")
     mm = jax.jit(jnp.matmul)
-    out["jax"] = _best_rate(lambda: mm(a, b).block_until_ready(), flops, repeats)
+    out["jax"] = best_rate(lambda: mm(a, b).block_until_ready(), flops, repeats)
 
     try:
+        if not with_torch:
+            raise ImportError
         import torch
     except ImportError:  # torch is optional (the bench extra); JAX's number is then the peak
         pass
@@ -55,7 +61,7 @@ def peak_flops(dtype: str, n: int = 2048, repeats: int = 3) -> dict[str, float]:
         torch.set_num_threads(os.cpu_count() or 1)  # the machine's peak, not the reference's
         try:
             ta, tb = torch.from_numpy(a_np), torch.from_numpy(b_np)
-            out["torch"] = _best_rate(lambda: torch.mm(ta, tb), flops, repeats)
+            out["torch"] = best_rate(lambda: torch.mm(ta, tb), flops, repeats)
         finally:
             torch.set_num_threads(threads)
     out["peak"] = max(out.values())

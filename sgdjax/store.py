@@ -341,9 +341,11 @@ class StreamedArray:
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self.dtype: np.dtype = np.dtype(dtype)
         self.chunk_rows: int = int(chunk_rows)
-        if not self.shape or any(s <= 0 for s in self.shape):
+        # Trailing axes may be empty (e.g. the validations of a run shorter than the cadence):
+        # the rows and their chunks still exist, each writing no data.
+        if not self.shape or self.shape[0] <= 0 or any(s < 0 for s in self.shape):
             raise ValueError(f"StreamedArray {self.path.name}: shape must have at least one "
-                             f"axis and no empty axis, got {self.shape}")
+                             f"row, got {self.shape}")
         if self.chunk_rows <= 0:
             raise ValueError(f"StreamedArray {self.path.name}: chunk_rows must be positive, "
                              f"got {chunk_rows}")

@@ -303,3 +303,20 @@ def test_helpers_never_raise(tmp_path):
     v = package_versions()
     assert v["numpy"] == np.__version__
     assert "T" in now_iso()
+
+
+def test_empty_trailing_axes_stream_and_resume(tmp_path):
+    """[R, 0] arrays (no validation in a short run) go through the same chunks as any other."""
+    s = Store(tmp_path)
+    a = s.stream("v.npy", (5, 0), np.float32, chunk_rows=2)
+    assert a.n_chunks == 3
+    a.write(0, np.zeros((2, 0)))
+    a.close()
+    b = s.stream("v.npy", (5, 0), np.float32, chunk_rows=2)  # resumes after chunk 0
+    assert b.pending() == [1, 2]
+    for c in b.pending():
+        b.write(c, np.zeros((b.rows(c).stop - b.rows(c).start, 0)))
+    b.finalize()
+    out = s.load_npy("v.npy")
+    assert out.shape == (5, 0) and out.dtype == np.float32
+    assert s.stream("v.npy", (5, 0), np.float32, chunk_rows=2).complete

@@ -44,6 +44,7 @@ from jax import lax
 
 from sgdjax.errors import ConfigError
 from sgdjax.models.base import ParamSpec, TorchLayoutModel, TorchLinear, declared
+from sgdjax.models.objective import cross_entropy, num_correct
 
 _STD = 0.02
 
@@ -320,21 +321,8 @@ class GPTModule(nn.Module):
         dt, c, v = self.param_dtype, self.n_embd, self.vocab_size
         h = LayerNorm(c, param_dtype=dt, name="ln_f")(x.reshape(-1, c).T, channels_first=True)
         logits = LinearWeight(c, v, dt, name="lm_head")() @ h  # [V, N]
-        logp = jax.nn.log_softmax(logits, axis=0)
-        y = labels.reshape(1, -1)
-        onehot = (jnp.arange(v, dtype=y.dtype)[:, None] == y).astype(logp.dtype)
-        loss = -jnp.sum(onehot * logp) / y.size
-        # argmax == label, as row maxima: an argmax over the major axis is a variadic reduce
-        # that XLA's CPU backend runs element by element (2 ms of a 9 ms vmapped step). The
-        # label wins when its logit beats every earlier word's and is at least every later
-        # one's (argmax takes the first maximum).
-        target = jnp.sum(jnp.where(onehot > 0, logits, 0), axis=0)
-        words = jnp.arange(v, dtype=y.dtype)[:, None]
-        low = jnp.asarray(-jnp.inf, logits.dtype)
-        before = jnp.max(jnp.where(words < y, logits, low), axis=0)
-        after = jnp.max(jnp.where(words > y, logits, low), axis=0)
-        correct = jnp.sum((target > before) & (target >= after)).astype(jnp.int32)
-        return loss, correct
+        y = labels.reshape(-1)
+        return cross_entropy(logits, y, axis=0), num_correct(logits, y, axis=0)
 
 
 @dataclass(frozen=True)
@@ -407,11 +395,14 @@ class NanoGPT(TorchLayoutModel):
     def apply(
         self, params: Any, state: Any, feats: jax.Array, *, train: bool
     ) -> tuple[jax.Array, Any]:
+        self._check_length(feats)
+        return super().apply(params, state, feats, train=train)
+
+    def _check_length(self, feats: jax.Array) -> None:
         if feats.shape[-1] > self.block_size:
             raise ConfigError(
                 f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
             )
-        return super().apply(params, state, feats, train=train)
 
     def objective(
         self, params: Any, state: Any, feats: jax.Array, labels: jax.Array
@@ -420,10 +411,7 @@ class NanoGPT(TorchLayoutModel):
         (``make_loss_fn`` uses it instead of logits and ``cross_entropy``; the same function,
         computed with the tokens on the minor axis)."""
         del state  # no buffers
-        if feats.shape[-1] > self.block_size:
-            raise ConfigError(
-                f"nanogpt: sequence length {feats.shape[-1]} exceeds block_size {self.block_size}."
-            )
+        self._check_length(feats)
         module = self.module(self.param_dtype(params))
         return module.apply({"params": params}, jnp.asarray(feats, jnp.int32), labels=labels)
 

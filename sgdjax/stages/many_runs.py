@@ -163,9 +163,6 @@ def run(ctx: Context) -> dict[str, Any]:
                     shape, sdt = leaf.shape, leaf.dtype
                 else:
                     shape, sdt = shapes.records[key].shape, shapes.records[key].dtype
-                if 0 in shape:  # e.g. validations of a run shorter than the cadence
-                    store.save_npy(name, np.zeros((n_runs, *shape), sdt))
-                    continue
                 streams[key] = store.stream(name, (n_runs, *shape), np.dtype(sdt), size)
             n_chunks = -(-n_runs // size)
             pending = broadcast(pending_chunks(*streams.values()) if writer else [])

@@ -136,6 +136,27 @@ def test_cross_entropy_and_num_correct() -> None:
     assert nc.dtype == jnp.int32 and int(nc) == int((logits.argmax(-1) == labels).sum())
 
 
+def test_classes_on_another_axis() -> None:
+    """``axis`` moves the classes: the same loss, and the same count as argmax, ties included
+    (argmax takes the first maximum)."""
+    rng = np.random.default_rng(6)
+    logits = np.round(rng.normal(size=(4, 6, 7)), 0)  # rounded: many ties
+    labels = rng.integers(0, 7, size=(4, 6))
+    labels[0] = logits[0].argmax(-1)  # six sure hits
+    moved = jnp.asarray(np.moveaxis(logits, -1, 0))  # [7, 4, 6]
+    np.testing.assert_allclose(cross_entropy(moved, jnp.asarray(labels), axis=0),
+                               cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
+                               rtol=1e-6)
+    want = int((logits.argmax(-1) == labels).sum())
+    assert want >= 6
+    for axis in (0, 1, 2):
+        m, y = jnp.asarray(np.moveaxis(logits, -1, axis)), jnp.asarray(labels)
+        assert int(num_correct(m, y, axis=axis)) == want
+    tied = jnp.zeros((7, 10))  # all classes tie: argmax says class 0
+    y = jnp.asarray(np.arange(10) % 7)
+    assert int(num_correct(tied, y, axis=0)) == int(jnp.sum(y == 0)) == 2
+
+
 def test_hessian_of_flat_loss_mlp() -> None:
     m = MLP()
     p, s = m.init(jax.random.key(7))
