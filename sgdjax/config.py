@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 from sgdjax.errors import ConfigError, did_you_mean
+from sgdjax.values import coerce, describe
 
 
 def _experiments_dir() -> Path:
@@ -225,52 +226,12 @@ def validate(cfg: SetupConfig) -> None:
 def _coerce(key: str, value: Any) -> Any:
     """Convert a TOML value or a ``--set`` string to the type of field ``key``."""
     hint = _HINTS[key]
-    origin = get_origin(hint)
     try:
-        if origin is tuple:
-            (item_type, _) = get_args(hint)
-            if isinstance(value, str):
-                parts = [p for p in value.replace(" ", "").strip("[]()").split(",") if p]
-            elif isinstance(value, Iterable):
-                parts = list(value)
-            else:
-                parts = [value]
-            return tuple(item_type(p) for p in parts)
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if hint is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError(value)
-                return int(value)
-            text = str(value).replace("_", "")
-            as_float = float(text)
-            if not as_float.is_integer():
-                raise ValueError(value)
-            return int(as_float)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if hint is str:
-            if not isinstance(value, str | int | float):
-                raise ValueError(value)
-            return str(value)
-    except (TypeError, ValueError):
+        return coerce(hint, value)
+    except ValueError:
         pass
-    else:
-        raise AssertionError(f"unhandled field type {hint!r} for {key}")
-    type_name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    expected = type_name.get(hint, "a comma-separated list of numbers (e.g. 0.05,0.01)")
+    expected = ("a comma-separated list of numbers (e.g. 0.05,0.01)"
+                if get_origin(hint) is tuple else describe(hint))
     raise ConfigError(f"{key}={value!r} is not valid: expected {expected}.")
 
 

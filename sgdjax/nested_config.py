@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from sgdjax.config import EXPERIMENTS_DIR, setup_path
 from sgdjax.errors import ConfigError, did_you_mean
+from sgdjax.values import coerce, describe
 
 C = TypeVar("C")
-_NONE_WORDS = ("none", "null")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -46,77 +44,6 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{name}")
     return out
-
-
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (types.UnionType, typing.Union):
-        inner = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(_describe(a) for a in inner) + " (or none)"
-    if origin is tuple:
-        return f"a comma-separated list of {_describe(get_args(tp)[0])} values"
-    return {int: "an integer", float: "a number", bool: "true or false",
-            str: "a string"}.get(tp, str(tp))
-
-
-def coerce(tp: Any, value: Any) -> Any:
-    """Convert a TOML value or a ``--set`` string to type ``tp``; raise ValueError if it cannot."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        for a in allowed:
-            if value == a or (isinstance(value, str) and str(a) == value.strip()):
-                return a
-        raise ValueError(value)
-    if origin in (types.UnionType, typing.Union):
-        args = get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str)
-                                                     and value.strip().lower() in _NONE_WORDS)):
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(a, value)
-            except ValueError:
-                continue
-        raise ValueError(value)
-    if origin is tuple:
-        item = get_args(tp)[0]
-        if isinstance(value, str):
-            parts = [p for p in value.replace(" ", "").strip("[]()").split(",") if p]
-        elif isinstance(value, list | tuple):
-            parts = list(value)
-        else:
-            parts = [value]
-        return tuple(coerce(item, p) for p in parts)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(value)
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        as_float = float(str(value).replace("_", "")) if not isinstance(value, int) else value
-        if float(as_float) != int(as_float):
-            raise ValueError(value)
-        return int(as_float)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        return float(str(value).replace("_", "")) if isinstance(value, str) else float(value)
-    if tp is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(value)
-        return str(value)
-    raise TypeError(f"unsupported config field type {tp!r}")
 
 
 def _set_leaf(tree: dict[str, Any], cls: type, dotted: str, value: Any, where: str,
@@ -148,7 +75,7 @@ def _set_leaf(tree: dict[str, Any], cls: type, dotted: str, value: Any, where: s
                 node[part] = coerce(tp, value.strip().strip("'\"") if raw else value)
             except ValueError:
                 raise ConfigError(f"{dotted}={value!r} in {where} is not valid: expected "
-                                  f"{_describe(tp)}.") from None
+                                  f"{describe(tp)}.") from None
             return
         if not _is_config(tp):
             raise ConfigError(f"'{'.'.join(parts[: i + 1])}' in {where} is a value, not a "

@@ -88,6 +88,8 @@ def test_round_trip_through_dict():
     ("training.curriculum.loop.end=3", ["unknown key", "training.curriculum.loops.end"]),
     ("model.family=gpt3", ["model.family", "'gpt2'", "'gpt2_loop'"]),
     ("model.n_layer=2.5", ["model.n_layer", "an integer"]),
+    ("model.n_layer=1e400", ["model.n_layer", "an integer"]),
+    ("training.lrs=0.1,x", ["training.lrs", "comma-separated list of numbers"]),
     ("model.n_layer", ["key=value"]),
     ("model=3", ["is a section"]),
     ("model.n_layer.x=3", ["is a value, not a section"]),
