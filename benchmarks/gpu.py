@@ -375,32 +375,42 @@ def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     own_dir = args.workdir is None
     workdir = tempfile.mkdtemp(prefix="sgdjax-gpu-") if own_dir else args.workdir
     os.makedirs(workdir, exist_ok=True)
+    from benchmarks.__main__ import machine_info
+
+    info = machine_info()
+    parts: list[Part] = []
+    result: dict[str, Any] = {}
+
+    def save(roof: Roofline) -> None:
+        # after every part: a run cut short (a device's time limit) keeps what it measured
+        result.update({"machine": info, "args": vars(args), "roofline": asdict(roof),
+                       "parts": [{**asdict(p), "of_roofline": p.of_roofline, "met": p.met}
+                                 for p in parts]})
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+
     try:
         roof = measure_roofline(sizes, workdir)
-        parts: list[Part] = []
+        save(roof)
         if "mlp" in parts_wanted:
             chunk = args.chunk or (sizes["cpu_chunk"] if platform == "cpu" else None)
             parts.append(bench_mlp(args.runs or sizes["mlp_runs"],
                                    args.steps or sizes["mlp_steps"], chunk, roof))
+            save(roof)
             print(f"  done mlp: {parts[-1].rate:.4g} run-steps/s", flush=True)
         if "exp2" in parts_wanted:
             device = "gpu" if platform == "gpu" else "cpu"
             parts.append(bench_exp2(steps, [*sizes["exp2_set"], *args.set], device, workdir,
                                     roof))
+            save(roof)
             print(f"  done exp2: {parts[-1].rate:.3g} minutes projected", flush=True)
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(format_report(roof, parts))
-    from benchmarks.__main__ import machine_info
-
-    result = {"machine": machine_info(), "args": vars(args), "roofline": asdict(roof),
-              "parts": [{**asdict(p), "of_roofline": p.of_roofline, "met": p.met}
-                        for p in parts]}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
         print(f"\nwrote {args.json}")
     return result
 
