@@ -284,7 +284,8 @@ def bench_exp2(step_counts: tuple[int, int], overrides: Sequence[str], device: s
         sizes.append(_npy_bytes(out))
     a, b = fit_line(step_counts, walls)
     seconds = a + b * target
-    disk_bytes = fit_line(step_counts, sizes)[0] + fit_line(step_counts, sizes)[1] * target
+    d0, d1 = fit_line(step_counts, sizes)
+    disk_bytes = d0 + d1 * target
 
     p = make_problem("nanogpt", cfg.dtype)
     flops_step = step_flops(p)[0]

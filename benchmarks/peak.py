@@ -50,13 +50,8 @@ def peak_flops(dtype: str, n: int = 2048, repeats: int = 3,
     mm = jax.jit(jnp.matmul)
     out["jax"] = best_rate(lambda: mm(a, b).block_until_ready(), flops, repeats)
 
-    try:
-        if not with_torch:
-            raise ImportError
-        import torch
-    except ImportError:  # torch is optional (the bench extra); JAX's number is then the peak
-        pass
-    else:
+    torch = _torch() if with_torch else None
+    if torch is not None:  # torch is optional (the bench extra); else JAX's number is the peak
         threads = torch.get_num_threads()
         torch.set_num_threads(os.cpu_count() or 1)  # the machine's peak, not the reference's
         try:
@@ -66,3 +61,11 @@ def peak_flops(dtype: str, n: int = 2048, repeats: int = 3,
             torch.set_num_threads(threads)
     out["peak"] = max(out.values())
     return out
+
+
+def _torch():  # noqa: ANN202 - the module, or None without the bench extra
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch

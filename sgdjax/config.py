@@ -14,10 +14,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from sgdjax.errors import ConfigError, did_you_mean
-from sgdjax.values import coerce, describe
+from sgdjax.values import coerce, expected
 
 
 def _experiments_dir() -> Path:
@@ -230,9 +230,7 @@ def _coerce(key: str, value: Any) -> Any:
         return coerce(hint, value)
     except ValueError:
         pass
-    expected = ("a comma-separated list of numbers (e.g. 0.05,0.01)"
-                if get_origin(hint) is tuple else describe(hint))
-    raise ConfigError(f"{key}={value!r} is not valid: expected {expected}.")
+    raise ConfigError(f"{key}={value!r} is not valid: expected {expected(hint)}.")
 
 
 def _check_key(key: str, where: str) -> None:

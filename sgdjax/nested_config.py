@@ -20,7 +20,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from sgdjax.config import EXPERIMENTS_DIR, setup_path
 from sgdjax.errors import ConfigError, did_you_mean
-from sgdjax.values import coerce, describe
+from sgdjax.values import coerce, expected
 
 C = TypeVar("C")
 
@@ -75,7 +75,7 @@ def _set_leaf(tree: dict[str, Any], cls: type, dotted: str, value: Any, where: s
                 node[part] = coerce(tp, value.strip().strip("'\"") if raw else value)
             except ValueError:
                 raise ConfigError(f"{dotted}={value!r} in {where} is not valid: expected "
-                                  f"{describe(tp)}.") from None
+                                  f"{expected(tp)}.") from None
             return
         if not _is_config(tp):
             raise ConfigError(f"'{'.'.join(parts[: i + 1])}' in {where} is a value, not a "

@@ -2,8 +2,8 @@
 
 ``coerce(tp, value)`` converts a TOML value or a command-line string to the field type ``tp``
 (``bool``, ``int``, ``float``, ``str``, ``tuple[T, ...]``, ``Literal[...]``, ``T | None``) and
-raises ``ValueError`` for anything that is not one; ``describe(tp)`` says what was expected, for
-the caller's one-line error. Both the flat sgdiffusion config and the nested configs of the
+raises ``ValueError`` for anything that is not one; ``expected(tp)`` says what was expected,
+for the caller's one-line error. Both the flat sgdiffusion config and the nested configs of the
 sibling studies parse through here, so ``--set`` means the same everywhere.
 """
 
@@ -19,6 +19,7 @@ NONE_WORDS = ("none", "null")
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _PLURALS = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+_EXAMPLES = {int: "1,2", float: "0.05,0.01", str: "a,b"}
 
 
 def describe(tp: Any) -> str:
@@ -33,6 +34,13 @@ def describe(tp: Any) -> str:
         item = get_args(tp)[0]
         return "a comma-separated list of " + _PLURALS.get(item, f"values, each {describe(item)}")
     return _NAMES.get(tp, str(tp))
+
+
+def expected(tp: Any) -> str:
+    """``describe(tp)`` with an example for lists, the text of an "expected ..." error."""
+    if get_origin(tp) is tuple and get_args(tp)[0] in _EXAMPLES:
+        return f"{describe(tp)} (e.g. {_EXAMPLES[get_args(tp)[0]]})"
+    return describe(tp)
 
 
 def coerce(tp: Any, value: Any) -> Any:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from sgdjax.values import coerce, describe
+from sgdjax.values import coerce, describe, expected
 
 
 @pytest.mark.parametrize("tp, value, expected", [
@@ -42,3 +42,9 @@ def test_descriptions_name_what_was_expected():
     assert describe(tuple[float, ...]) == "a comma-separated list of numbers"
     assert describe(Literal["a", "b"]) == "one of 'a', 'b'"
     assert describe(float | None) == "a number (or none)"
+
+
+def test_list_errors_show_an_example():
+    assert expected(tuple[float, ...]) == "a comma-separated list of numbers (e.g. 0.05,0.01)"
+    assert expected(tuple[int, ...]) == "a comma-separated list of integers (e.g. 1,2)"
+    assert expected(int) == describe(int) == "an integer"
